@@ -1,0 +1,25 @@
+//! The exercise's planner routes: `POST /register` and `GET /`.
+
+use axum::Json;
+use axum::extract::State;
+use serde_json::{Value, json};
+use serve::{ApiError, JsonBody};
+use wire::legacy::Register;
+use wire::planner::WorkerView;
+
+use super::AppState;
+
+pub async fn register(State(state): State<AppState>, JsonBody(body): JsonBody<Register>) -> Result<Json<Value>, ApiError> {
+    super::workers::check_url(&body.url)?;
+    if body.id.is_empty() {
+        return Err(ApiError::bad_request("`id` must not be empty"));
+    }
+    let id = body.id.clone();
+    state.planner.register_legacy(body.id, body.url.trim_end_matches('/').to_string());
+    Ok(Json(json!({"registered": id})))
+}
+
+/// The registered workers, as the exercise's planner lists them.
+pub async fn index(State(state): State<AppState>) -> Json<Vec<WorkerView>> {
+    Json(state.planner.workers())
+}

@@ -1,0 +1,91 @@
+//! Matching queued tasks to free worker slots.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use wire::TaskId;
+use wire::planner::TaskStatus;
+
+use super::{Board, Worker};
+use crate::task::DispatchId;
+
+/// A task handed to a worker: what the dispatcher sends, and the key its
+/// answer is settled with.
+#[derive(Debug, Clone)]
+pub struct Assignment {
+    pub task: TaskId,
+    pub op: Arc<str>,
+    pub args: Box<[i64]>,
+    pub worker: Arc<str>,
+    pub url: Arc<str>,
+    pub legacy: bool,
+    pub dispatch: DispatchId,
+}
+
+impl Board {
+    /// Hands out as many queued tasks as there are free capable slots.
+    ///
+    /// Oldest task first across ops (FIFO); for each, the most specialized
+    /// free worker that offers the op (fewest ops, then most free slots), so
+    /// specialists take their op and generalists stay free for the rest.
+    pub fn pump(&mut self, now: Instant) -> Vec<Assignment> {
+        let mut assignments = Vec::new();
+        loop {
+            let mut best: Option<(TaskId, Arc<str>, Arc<str>)> = None;
+            for (op, queue) in &self.queues {
+                let Some(&head) = queue.front() else { continue };
+                if best.as_ref().is_some_and(|(oldest, _, _)| *oldest < head) {
+                    continue;
+                }
+                if let Some(worker) = best_worker(self.workers.values(), op, now) {
+                    best = Some((head, op.clone(), worker.id.clone()));
+                }
+            }
+            let Some((task_id, op, worker_id)) = best else { break };
+            if let Some(queue) = self.queues.get_mut(&op) {
+                queue.pop_front();
+            }
+            self.queued -= 1;
+            if let Some(assignment) = self.assign(task_id, &worker_id, now) {
+                assignments.push(assignment);
+            }
+        }
+        assignments
+    }
+
+    fn assign(&mut self, task_id: TaskId, worker_id: &Arc<str>, _now: Instant) -> Option<Assignment> {
+        let dispatch = self.next_dispatch;
+        self.next_dispatch += 1;
+        let worker = self.workers.get_mut(worker_id)?;
+        let task = self.tasks.get_mut(&task_id)?;
+        worker.in_flight.insert(task_id);
+        task.status = TaskStatus::Running;
+        task.dispatch = Some(dispatch);
+        task.worker = Some(worker.id.clone());
+        task.digest = worker.digest_of(&task.op).map(Into::into);
+        task.attempts += 1;
+        task.started_at_ms = Some(serve::now_ms());
+        let assignment = Assignment {
+            task: task_id,
+            op: task.op.clone(),
+            args: task.args.clone(),
+            worker: worker.id.clone(),
+            url: worker.url.clone(),
+            legacy: worker.is_legacy(),
+            dispatch,
+        };
+        let op = assignment.op.clone();
+        self.count(&op, TaskStatus::Queued, -1);
+        self.count(&op, TaskStatus::Running, 1);
+        Some(assignment)
+    }
+}
+
+fn best_worker<'a>(workers: impl Iterator<Item = &'a Worker>, op: &str, now: Instant) -> Option<&'a Worker> {
+    workers
+        .filter(|w| w.offers(op))
+        .map(|w| (w, w.free_slots(now)))
+        .filter(|(_, free)| *free > 0)
+        .min_by(|(a, a_free), (b, b_free)| a.breadth().cmp(&b.breadth()).then(b_free.cmp(a_free)))
+        .map(|(w, _)| w)
+}

@@ -1,0 +1,168 @@
+use super::*;
+
+fn op(name: &str) -> wire::OpInfo {
+    wire::OpInfo { name: name.into(), digest: format!("{name}-digest"), arity: 2, doc: String::new() }
+}
+
+fn register(board: &mut Board, id: &str, ops: &[&str], slots: u32) {
+    board.register(Registration {
+        id: id.into(),
+        url: format!("http://{id}"),
+        ops: ops.iter().map(|o| op(o)).collect(),
+        slots,
+    });
+}
+
+fn submit(board: &mut Board, id: TaskId, op: &str) {
+    board.insert([Task::new(id, op.into(), vec![1, 2].into(), 0)]);
+}
+
+fn done(value: i64) -> Answer {
+    Answer::Done { output: Output::Result(value), digest: Some("d".into()) }
+}
+
+#[test]
+fn a_task_goes_to_the_most_specialized_free_worker() {
+    let mut board = Board::new(3, 100);
+    register(&mut board, "general", &["add", "mul"], 1);
+    register(&mut board, "mul-only", &["mul"], 1);
+    submit(&mut board, 1, "mul");
+    let sent = board.pump(Instant::now());
+    assert_eq!(sent.len(), 1);
+    assert_eq!(&*sent[0].worker, "mul-only");
+    assert_eq!(board.task(1).unwrap().digest.as_deref(), Some("mul-digest"));
+}
+
+#[test]
+fn a_task_never_goes_to_a_worker_without_its_op_and_says_why_it_waits() {
+    let mut board = Board::new(3, 100);
+    register(&mut board, "adder", &["add"], 4);
+    submit(&mut board, 1, "mul");
+    assert!(board.pump(Instant::now()).is_empty());
+    let view = board.view(1).unwrap();
+    assert_eq!(view.status, TaskStatus::Queued);
+    assert_eq!(view.waiting_for.as_deref(), Some("no live worker offers op `mul`"));
+    register(&mut board, "muller", &["mul"], 1);
+    let sent = board.pump(Instant::now());
+    assert_eq!(&*sent[0].worker, "muller");
+}
+
+#[test]
+fn slots_bound_the_tasks_in_flight_and_oldest_tasks_go_first() {
+    let mut board = Board::new(3, 100);
+    register(&mut board, "w", &["add", "mul"], 2);
+    for id in 1..=5 {
+        submit(&mut board, id, if id % 2 == 0 { "add" } else { "mul" });
+    }
+    let sent = board.pump(Instant::now());
+    assert_eq!(sent.iter().map(|a| a.task).collect::<Vec<_>>(), vec![1, 2]);
+    assert!(board.pump(Instant::now()).is_empty());
+    board.settle(&sent[0], done(1));
+    let next = board.pump(Instant::now());
+    assert_eq!(next.iter().map(|a| a.task).collect::<Vec<_>>(), vec![3]);
+}
+
+#[test]
+fn a_busy_answer_requeues_without_counting_an_attempt() {
+    let mut board = Board::new(3, 100);
+    register(&mut board, "w", &["add"], 1);
+    submit(&mut board, 1, "add");
+    let sent = board.pump(Instant::now());
+    let effects = board.settle(&sent[0], Answer::Busy);
+    assert!(effects.finished.is_empty());
+    let task = board.task(1).unwrap();
+    assert_eq!((task.status, task.attempts), (TaskStatus::Queued, 0));
+}
+
+#[test]
+fn a_lost_task_is_retried_then_fails_with_the_reason_past_the_limit() {
+    let mut board = Board::new(2, 100);
+    for round in 0..2 {
+        register(&mut board, "w", &["add"], 1);
+        if round == 0 {
+            submit(&mut board, 1, "add");
+        }
+        let sent = board.pump(Instant::now());
+        assert_eq!(sent.len(), 1, "round {round}");
+        let effects = board.settle(&sent[0], Answer::Lost("connection refused".into()));
+        if round == 0 {
+            assert!(effects.finished.is_empty());
+            assert_eq!(board.task(1).unwrap().status, TaskStatus::Queued);
+            assert!(board.workers().is_empty(), "an unreachable worker is dropped");
+        } else {
+            let failed = &effects.finished[0];
+            assert_eq!(failed.status, TaskStatus::Failed);
+            let Some(Output::Error(message)) = &failed.output else { panic!("no error") };
+            assert!(message.contains("gave up after 2 attempts") && message.contains("connection refused"), "{message}");
+        }
+    }
+}
+
+#[test]
+fn a_late_answer_from_a_dropped_worker_is_not_recorded() {
+    let mut board = Board::new(3, 100);
+    register(&mut board, "slow", &["add"], 1);
+    submit(&mut board, 1, "add");
+    let first = board.pump(Instant::now()).remove(0);
+    // Heartbeats stop: the worker is dropped and its task requeued.
+    let (dead, _) = board.reap(Instant::now() + Duration::from_secs(10), Duration::from_secs(3));
+    assert_eq!(dead, vec!["slow".to_string()]);
+    register(&mut board, "fast", &["add"], 1);
+    let second = board.pump(Instant::now()).remove(0);
+    assert_eq!(board.settle(&second, done(3)).finished.len(), 1);
+    assert!(board.settle(&first, done(999)).finished.is_empty());
+    assert_eq!(board.view(1).unwrap().result, Some(3));
+    assert_eq!(board.view(1).unwrap().attempts, 2);
+}
+
+#[test]
+fn a_legacy_worker_that_lacks_an_op_is_not_asked_again() {
+    let mut board = Board::new(3, 100);
+    board.register_legacy("old".into(), "http://old".into());
+    submit(&mut board, 1, "mul");
+    let sent = board.pump(Instant::now()).remove(0);
+    board.settle(&sent, Answer::Lacks);
+    assert!(board.pump(Instant::now()).is_empty());
+    assert_eq!(board.workers()[0].lacks, vec!["mul".to_string()]);
+    assert_eq!(board.task(1).unwrap().attempts, 0);
+}
+
+#[test]
+fn only_queued_tasks_can_be_cancelled() {
+    let mut board = Board::new(3, 100);
+    submit(&mut board, 1, "add");
+    assert_eq!(board.cancel(1).unwrap().status, TaskStatus::Cancelled);
+    assert_eq!(board.cancel(1).unwrap_err(), CancelError::NotQueued(TaskStatus::Cancelled));
+    assert_eq!(board.cancel(7).unwrap_err(), CancelError::NotFound);
+    assert_eq!(board.queued(), 0);
+}
+
+#[test]
+fn a_deregistered_worker_finishes_its_task_and_then_is_forgotten() {
+    let mut board = Board::new(3, 100);
+    register(&mut board, "w", &["add"], 1);
+    submit(&mut board, 1, "add");
+    submit(&mut board, 2, "add");
+    let sent = board.pump(Instant::now()).remove(0);
+    board.deregister("w");
+    assert_eq!(board.settle(&sent, done(3)).finished.len(), 1);
+    assert!(board.workers().is_empty());
+    assert!(board.pump(Instant::now()).is_empty());
+}
+
+#[test]
+fn counts_follow_transitions_and_old_finished_tasks_leave_memory() {
+    let mut board = Board::new(3, 2);
+    register(&mut board, "w", &["add"], 10);
+    for id in 1..=3 {
+        submit(&mut board, id, "add");
+    }
+    for assignment in board.pump(Instant::now()) {
+        board.settle(&assignment, done(3));
+    }
+    let stats = board.stats();
+    assert_eq!(stats.by_status.get("done"), Some(&3));
+    assert_eq!(stats.by_status.get("running"), Some(&0));
+    assert!(board.task(1).is_none(), "the oldest finished task is evicted");
+    assert!(board.task(3).is_some());
+}

@@ -1,0 +1,66 @@
+//! The planner: accepts tasks, keeps them durably, dispatches each to an idle
+//! worker that offers its op.
+
+pub mod api;
+pub mod board;
+pub mod config;
+pub mod dispatch;
+pub mod local;
+pub mod planner;
+pub mod random_tasks;
+pub mod store;
+pub mod task;
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serve::auth::Token;
+
+use crate::board::Board;
+use crate::config::ServeConfig;
+use crate::dispatch::Dispatcher;
+use crate::planner::{Limits, Planner};
+use crate::store::{Durability, Store};
+
+pub async fn serve(config: ServeConfig) -> Result<()> {
+    let durability = match config.store.as_str() {
+        "memory" => Durability::Memory,
+        _ => Durability::Durable(config.data_dir.clone()),
+    };
+    let (store, recovered) = Store::open(&durability, config.retain_finished)
+        .with_context(|| format!("opening the task store in {}", config.data_dir.display()))?;
+    let mut board = Board::new(config.max_attempts, config.retain_finished);
+    let unfinished = recovered.tasks.iter().filter(|t| !t.status.is_final()).count();
+    board.insert(recovered.tasks);
+    if unfinished > 0 {
+        tracing::info!(unfinished, "recovered unfinished tasks; they run as workers register");
+    }
+    let token = Token::new(config.token.clone());
+    let dispatcher = Dispatcher::new(token.clone(), Duration::from_millis(config.dispatch_timeout_ms))?;
+    let limits = Limits {
+        queue: config.queue_limit,
+        heartbeat_timeout: Duration::from_millis(config.heartbeat_timeout_ms),
+    };
+    let planner = Planner::new(board, store, dispatcher, recovered.next_id, limits);
+    tokio::spawn(planner.clone().reap_forever());
+    if config.tasks > 0 {
+        let (ids, _) = planner
+            .submit(random_tasks::generate(config.tasks), false)
+            .await
+            .context("enqueueing the TASKS random tasks")?;
+        tracing::info!(count = ids.len(), "enqueued random tasks");
+    }
+
+    let (listener, _) = serve::listen::bind(&config.bind, config.port).await?;
+    tracing::info!(durable = planner.store().is_durable(), data_dir = %config.data_dir.display(), "planner ready");
+    let state = api::AppState { planner: planner.clone() };
+    let auth = api::AuthPolicy { token, submit_requires_token: config.submit_requires_token };
+    axum::serve(listener, api::app(state, auth))
+        .with_graceful_shutdown(serve::shutdown::signal())
+        .await
+        .context("serving HTTP")?;
+    planner.store().flush().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+

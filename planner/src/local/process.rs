@@ -1,0 +1,125 @@
+//! Child processes of the local launcher (and of the end-to-end tests): the
+//! real `planner` and `worker` binaries, each announcing its address on stdout.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// A running service process; killed if dropped while still running.
+pub struct Service {
+    pub name: String,
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub log: PathBuf,
+}
+
+impl Service {
+    /// Starts `command` (stderr to `log`) and waits for its
+    /// `listening on http://ADDR` line.
+    pub async fn start(name: &str, mut command: Command, log: &Path) -> Result<Self> {
+        let log_file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file))
+            .kill_on_drop(true);
+        let mut child = command.spawn().with_context(|| format!("starting {name}"))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let announced = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(addr) = line.strip_prefix("listening on http://") {
+                    return Ok::<_, anyhow::Error>(Some(addr.trim().parse::<SocketAddr>()?));
+                }
+            }
+            Ok(None)
+        })
+        .await;
+        let addr = match announced {
+            Ok(Ok(Some(addr))) => addr,
+            Ok(Ok(None)) | Ok(Err(_)) => {
+                let status = child.wait().await.ok();
+                bail!("{name} exited before listening ({status:?}); last log lines:\n{}", tail(log, 10));
+            }
+            Err(_) => bail!("{name} did not start listening within 30 s; log: {}", log.display()),
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Self { name: name.into(), child, addr, log: log.into() })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn pid(&self) -> Option<i32> {
+        self.child.id().map(|id| id as i32)
+    }
+
+    /// SIGTERM, the way Kubernetes stops a pod.
+    pub fn terminate(&self) {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill(&self) {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        if let Some(pid) = self.pid() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+        }
+    }
+
+    /// Waits for the process to exit, up to `timeout`.
+    pub async fn wait(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .with_context(|| format!("{} did not exit within {timeout:?}", self.name))?
+            .context("waiting for the process")
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited in `grace`.
+    pub async fn stop(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
+        self.terminate();
+        match self.wait(grace).await {
+            Ok(status) => Some(status),
+            Err(_) => {
+                self.kill();
+                self.child.wait().await.ok()
+            }
+        }
+    }
+}
+
+/// The last `n` lines of a log file, for error messages.
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The `worker` binary, expected next to the running executable (cargo puts
+/// both in the same target directory).
+pub fn sibling_binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the running executable")?;
+    let mut dir = exe.parent().context("executable has no directory")?.to_path_buf();
+    // Test executables live one level down, in `deps/`.
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    if !path.exists() {
+        bail!(
+            "`{name}` binary not found at {}: build it first (cargo build --release -p {name})",
+            path.display()
+        );
+    }
+    Ok(path)
+}

@@ -1,0 +1,239 @@
+//! The planner's core: the board, the store and the dispatcher, tied together.
+//!
+//! Every change follows one path: lock the board, change it, unlock; then
+//! persist and wake waiters for what finished, and pump (hand queued tasks to
+//! free slots, each send in its own tokio task). Dispatch is driven by these
+//! events only: a task leaves the moment a capable slot is free, no polling.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+use wire::TaskId;
+use wire::planner::{NewTask, Registration, TaskView};
+
+use crate::board::{Assignment, Board, CancelError, Effects};
+use crate::dispatch::Dispatcher;
+use crate::store::{Store, StoreError};
+use crate::task::Task;
+
+/// Most arguments a task may carry.
+pub const MAX_ARGS: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the queue is full ({limit} tasks waiting); retry later")]
+    QueueFull { limit: usize },
+    #[error("could not persist the task: {0}")]
+    Store(#[from] StoreError),
+}
+
+pub struct Limits {
+    pub queue: usize,
+    pub heartbeat_timeout: Duration,
+}
+
+pub struct Planner {
+    board: Mutex<Board>,
+    store: Store,
+    dispatcher: Dispatcher,
+    next_id: AtomicU64,
+    waiters: Mutex<HashMap<TaskId, Vec<oneshot::Sender<TaskView>>>>,
+    limits: Limits,
+}
+
+impl Planner {
+    pub fn new(board: Board, store: Store, dispatcher: Dispatcher, next_id: TaskId, limits: Limits) -> Arc<Self> {
+        Arc::new(Self {
+            board: Mutex::new(board),
+            store,
+            dispatcher,
+            next_id: AtomicU64::new(next_id),
+            waiters: Mutex::new(HashMap::new()),
+            limits,
+        })
+    }
+
+    fn board(&self) -> std::sync::MutexGuard<'_, Board> {
+        // A panic while holding the lock would be a bug; the state it left is
+        // still the best we have, so keep serving rather than poison forever.
+        self.board.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Validates, persists, queues. With `wait`, also returns a receiver per
+    /// task that resolves when it reaches a final state.
+    pub async fn submit(
+        self: &Arc<Self>,
+        new: Vec<NewTask>,
+        wait: bool,
+    ) -> Result<(Vec<TaskId>, Vec<oneshot::Receiver<TaskView>>), SubmitError> {
+        if new.is_empty() {
+            return Err(SubmitError::Invalid("no tasks in the submission".into()));
+        }
+        self.validate(&new)?;
+        if self.board().queued() + new.len() > self.limits.queue {
+            return Err(SubmitError::QueueFull { limit: self.limits.queue });
+        }
+        let first = self.next_id.fetch_add(new.len() as u64, Ordering::Relaxed);
+        let now = serve::now_ms();
+        let tasks: Vec<Task> = new
+            .into_iter()
+            .zip(first..)
+            .map(|(t, id)| Task::new(id, t.op.into(), t.args.into(), now))
+            .collect();
+        let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
+        self.store.insert(tasks.clone()).await?;
+        let receivers = if wait { self.subscribe(&ids) } else { Vec::new() };
+        self.board().insert(tasks);
+        self.pump();
+        Ok((ids, receivers))
+    }
+
+    fn validate(&self, new: &[NewTask]) -> Result<(), SubmitError> {
+        let board = self.board();
+        for (i, task) in new.iter().enumerate() {
+            let at = if new.len() > 1 { format!("task {i}: ") } else { String::new() };
+            if !wire::is_valid_op_name(&task.op) {
+                return Err(SubmitError::Invalid(format!(
+                    "{at}invalid op name `{}`: use lowercase letters, digits, `-` and `_`",
+                    task.op.chars().take(80).collect::<String>()
+                )));
+            }
+            if task.args.len() > MAX_ARGS {
+                return Err(SubmitError::Invalid(format!("{at}too many arguments ({} > {MAX_ARGS})", task.args.len())));
+            }
+            if let Some(arity) = board.known_arity(&task.op)
+                && arity as usize != task.args.len()
+            {
+                return Err(SubmitError::Invalid(format!(
+                    "{at}op `{}` takes {arity} arguments, got {}",
+                    task.op,
+                    task.args.len()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn subscribe(&self, ids: &[TaskId]) -> Vec<oneshot::Receiver<TaskView>> {
+        let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        ids.iter()
+            .map(|id| {
+                let (tx, rx) = oneshot::channel();
+                waiters.entry(*id).or_default().push(tx);
+                rx
+            })
+            .collect()
+    }
+
+    /// Hands every queued task that has a free capable slot to its worker.
+    pub fn pump(self: &Arc<Self>) {
+        let assignments = self.board().pump(Instant::now());
+        for assignment in assignments {
+            let planner = self.clone();
+            tokio::spawn(async move {
+                let answer = planner.dispatcher.send(&assignment).await;
+                planner.settle(&assignment, answer);
+            });
+        }
+    }
+
+    fn settle(self: &Arc<Self>, assignment: &Assignment, answer: crate::board::Answer) {
+        let effects = self.board().settle(assignment, answer);
+        self.apply(effects);
+        self.pump();
+    }
+
+    fn apply(&self, effects: Effects) {
+        for (id, attempts) in effects.retried {
+            self.store.attempts(id, attempts);
+        }
+        if effects.finished.is_empty() {
+            return;
+        }
+        let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        for task in effects.finished {
+            if let Some(list) = waiters.remove(&task.id) {
+                let view = task.view(None);
+                for waiter in list {
+                    let _ = waiter.send(view.clone());
+                }
+            }
+            self.store.finished(task);
+        }
+    }
+
+    pub fn view(&self, id: TaskId) -> Result<Option<TaskView>, StoreError> {
+        if let Some(view) = self.board().view(id) {
+            return Ok(Some(view));
+        }
+        Ok(self.store.get(id)?.map(|t| t.view(None)))
+    }
+
+    pub fn list(&self, status: Option<wire::planner::TaskStatus>, op: Option<&str>, limit: usize) -> Vec<TaskView> {
+        self.board().list(status, op, limit)
+    }
+
+    pub fn cancel(&self, id: TaskId) -> Result<TaskView, CancelError> {
+        let cancelled = self.board().cancel(id)?;
+        let view = cancelled.view(None);
+        self.apply(Effects { finished: vec![cancelled], retried: Vec::new() });
+        Ok(view)
+    }
+
+    pub fn register(self: &Arc<Self>, registration: Registration) {
+        tracing::info!(worker = %registration.id, url = %registration.url, slots = registration.slots,
+            ops = ?registration.ops.iter().map(|o| o.name.as_str()).collect::<Vec<_>>(), "worker registered");
+        self.board().register(registration);
+        self.pump();
+    }
+
+    pub fn register_legacy(self: &Arc<Self>, id: String, url: String) {
+        tracing::info!(worker = %id, %url, "legacy worker registered");
+        self.board().register_legacy(id, url);
+        self.pump();
+    }
+
+    pub fn heartbeat(&self, id: &str) -> bool {
+        self.board().heartbeat(id)
+    }
+
+    pub fn deregister(self: &Arc<Self>, id: &str) -> bool {
+        let known = self.board().deregister(id);
+        if known {
+            tracing::info!(worker = id, "worker deregistered");
+        }
+        known
+    }
+
+    pub fn workers(&self) -> Vec<wire::planner::WorkerView> {
+        self.board().workers()
+    }
+
+    pub fn stats(&self) -> wire::planner::Stats {
+        self.board().stats()
+    }
+
+    /// Drops workers whose heartbeats stopped, until the process ends.
+    pub async fn reap_forever(self: Arc<Self>) {
+        let timeout = self.limits.heartbeat_timeout;
+        let mut ticker = tokio::time::interval((timeout / 4).max(Duration::from_millis(10)));
+        loop {
+            ticker.tick().await;
+            let (dead, effects) = self.board().reap(Instant::now(), timeout);
+            if !dead.is_empty() {
+                tracing::warn!(workers = ?dead, "dropped workers that stopped answering");
+                self.apply(effects);
+                self.pump();
+            }
+        }
+    }
+}

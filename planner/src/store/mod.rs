@@ -1,0 +1,165 @@
+//! Durable task records: an embedded SQLite database under `DATA_DIR`.
+//!
+//! One writer thread owns the write connection and commits in groups:
+//! whatever queued up while the previous commit was syncing goes into the
+//! next transaction, so a burst of submissions costs one fsync, not one per
+//! task. A submission is acknowledged to the client only after its commit;
+//! results are written behind (a result lost in a crash just means the task
+//! runs again, and is still recorded once).
+
+mod sqlite;
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::mpsc;
+
+use tokio::sync::oneshot;
+use wire::TaskId;
+
+use crate::task::Task;
+
+#[derive(Debug, Clone)]
+pub enum Durability {
+    /// SQLite in this directory, fsync on every commit.
+    Durable(PathBuf),
+    /// Nothing survives a restart.
+    Memory,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] rusqlite::Error),
+    #[error("the store's writer has stopped")]
+    Stopped,
+    #[error("cannot open the data dir: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+enum Write {
+    Insert(Vec<Task>, oneshot::Sender<Result<(), String>>),
+    Finished(Task),
+    Attempts(TaskId, u32),
+    Flush(oneshot::Sender<()>),
+}
+
+/// What a restart finds in the data dir.
+pub struct Recovered {
+    /// Unfinished tasks (to run again) and the most recent finished ones.
+    pub tasks: Vec<Task>,
+    pub next_id: TaskId,
+}
+
+pub struct Store {
+    writer: Option<mpsc::Sender<Write>>,
+    reader: Option<Mutex<rusqlite::Connection>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Store {
+    pub fn open(durability: &Durability, recent_finished: usize) -> Result<(Self, Recovered), StoreError> {
+        let dir = match durability {
+            Durability::Memory => {
+                let store = Self { writer: None, reader: None, thread: Mutex::new(None) };
+                return Ok((store, Recovered { tasks: Vec::new(), next_id: 1 }));
+            }
+            Durability::Durable(dir) => dir,
+        };
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join("planner.sqlite3");
+        let conn = sqlite::open(&path)?;
+        let recovered = sqlite::recover(&conn, recent_finished)?;
+        let reader = sqlite::open(&path)?;
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || write_loop(conn, rx))?;
+        let store = Self { writer: Some(tx), reader: Some(Mutex::new(reader)), thread: Mutex::new(Some(thread)) };
+        Ok((store, recovered))
+    }
+
+    pub fn is_durable(&self) -> bool {
+        self.writer.is_some()
+    }
+
+    /// Persists new tasks; resolves once they are committed to disk.
+    pub async fn insert(&self, tasks: Vec<Task>) -> Result<(), StoreError> {
+        let Some(writer) = &self.writer else { return Ok(()) };
+        let (ack, done) = oneshot::channel();
+        writer.send(Write::Insert(tasks, ack)).map_err(|_| StoreError::Stopped)?;
+        match done.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => Err(StoreError::Db(rusqlite::Error::ToSqlConversionFailure(message.into()))),
+            Err(_) => Err(StoreError::Stopped),
+        }
+    }
+
+    /// Records a final state, written behind.
+    pub fn finished(&self, task: Task) {
+        if let Some(writer) = &self.writer {
+            let _ = writer.send(Write::Finished(task));
+        }
+    }
+
+    pub fn attempts(&self, id: TaskId, attempts: u32) {
+        if let Some(writer) = &self.writer {
+            let _ = writer.send(Write::Attempts(id, attempts));
+        }
+    }
+
+    /// A task no longer kept in memory.
+    pub fn get(&self, id: TaskId) -> Result<Option<Task>, StoreError> {
+        let Some(reader) = &self.reader else { return Ok(None) };
+        let conn = reader.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(sqlite::get(&conn, id)?)
+    }
+
+    /// Waits until everything sent so far is committed.
+    pub async fn flush(&self) {
+        if let Some(writer) = &self.writer {
+            let (tx, rx) = oneshot::channel();
+            if writer.send(Write::Flush(tx)).is_ok() {
+                let _ = rx.await;
+            }
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.writer.take();
+        if let Some(thread) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Most writes in one transaction.
+const MAX_BATCH: usize = 8192;
+
+fn write_loop(mut conn: rusqlite::Connection, rx: mpsc::Receiver<Write>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(write) => batch.push(write),
+                Err(_) => break,
+            }
+        }
+        let result = sqlite::apply(&mut conn, &batch).map_err(|e| e.to_string());
+        if let Err(err) = &result {
+            tracing::error!(error = %err, writes = batch.len(), "store commit failed");
+        }
+        for write in batch {
+            match write {
+                Write::Insert(_, ack) => {
+                    let _ = ack.send(result.clone());
+                }
+                Write::Flush(ack) => {
+                    let _ = ack.send(());
+                }
+                Write::Finished(_) | Write::Attempts(..) => {}
+            }
+        }
+    }
+}

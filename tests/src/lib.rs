@@ -1,0 +1,196 @@
+//! Harness for the end-to-end tests: starts the real `planner` and `worker`
+//! binaries on 127.0.0.1 and talks to them over HTTP.
+//!
+//! Build the binaries first (`cargo build --release --bins`); the test
+//! command in `scripts/test` does.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use planner::local::process::{Service, sibling_binary};
+use serde_json::Value;
+use tokio::process::Command;
+use wire::TaskId;
+use wire::planner::{TaskView, WorkerView};
+
+/// A component built from `tests/fixtures/ops` or `ops/` by `build.rs`.
+pub fn fixture(op: &str) -> PathBuf {
+    Path::new(env!("FIXTURE_OPS_DIR")).join(format!("{op}.wasm"))
+}
+
+/// The directory holding all fixture components.
+pub fn fixture_dir() -> PathBuf {
+    PathBuf::from(env!("FIXTURE_OPS_DIR"))
+}
+
+/// Polls `check` until it returns `Some`, or fails after `deadline` saying
+/// what was awaited. For state that changes by events we can't subscribe to.
+pub async fn poll<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let until = Instant::now() + deadline;
+    loop {
+        if let Some(value) = check().await {
+            return Ok(value);
+        }
+        if Instant::now() > until {
+            bail!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn planner_command() -> Result<Command> {
+    Ok(Command::new(sibling_binary("planner")?))
+}
+
+pub fn worker_command() -> Result<Command> {
+    Ok(Command::new(sibling_binary("worker")?))
+}
+
+/// A planner and its workers, in a temporary directory that holds their
+/// data and logs. Everything is killed when it is dropped.
+pub struct System {
+    pub dir: tempfile::TempDir,
+    pub planner: Service,
+    pub workers: Vec<Service>,
+    pub client: reqwest::Client,
+    pub token: Option<String>,
+}
+
+impl System {
+    /// A planner with a fresh data dir and the given extra environment.
+    pub async fn start(env: &[(&str, &str)]) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("e2e-").tempdir()?;
+        let planner = start_planner(dir.path(), env).await?;
+        let token = env.iter().find(|(k, _)| *k == "TOKEN").map(|(_, v)| v.to_string());
+        Ok(Self { dir, planner, workers: Vec::new(), client: reqwest::Client::new(), token })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.planner.url())
+    }
+
+    /// Restarts the planner on the same data dir and port (after a kill).
+    pub async fn restart_planner(&mut self, env: &[(&str, &str)]) -> Result<()> {
+        let port = self.planner.addr.port().to_string();
+        let mut env = env.to_vec();
+        env.push(("PORT", &port));
+        self.planner = start_planner(self.dir.path(), &env).await?;
+        Ok(())
+    }
+
+    /// Starts a worker registered with this planner. `env` adds to or
+    /// overrides the defaults (`OPS=add,mul`, one slot, no work time).
+    pub async fn add_worker(&mut self, id: &str, env: &[(&str, &str)]) -> Result<&Service> {
+        let mut cmd = worker_command()?;
+        cmd.env("PORT", "0")
+            .env("BIND", "127.0.0.1")
+            .env("PLANNER", self.planner.url())
+            .env("WORKER_ID", id)
+            .env("HEARTBEAT_MS", "200");
+        if let Some(token) = &self.token {
+            cmd.env("TOKEN", token);
+        }
+        for (key, value) in env {
+            cmd.env(key, value);
+        }
+        let log = self.dir.path().join(format!("{id}.log"));
+        self.workers.push(Service::start(id, cmd, &log).await?);
+        Ok(self.workers.last().expect("just pushed"))
+    }
+
+    pub fn worker(&self, id: &str) -> &Service {
+        self.workers.iter().find(|w| w.name == id).expect("no such worker in this system")
+    }
+
+    pub fn worker_mut(&mut self, id: &str) -> &mut Service {
+        self.workers.iter_mut().find(|w| w.name == id).expect("no such worker in this system")
+    }
+
+    pub async fn workers(&self) -> Result<Vec<WorkerView>> {
+        Ok(self.client.get(self.url("/workers")).send().await?.json().await?)
+    }
+
+    /// Waits until the planner lists exactly `n` workers.
+    pub async fn wait_for_workers(&self, n: usize) -> Result<Vec<WorkerView>> {
+        poll(Duration::from_secs(20), &format!("{n} registered workers"), || async {
+            self.workers().await.ok().filter(|w| w.len() == n)
+        })
+        .await
+    }
+
+    /// `POST /tasks` with a JSON body; returns status and parsed body.
+    pub async fn submit(&self, body: &Value) -> Result<(u16, Value)> {
+        self.post_json("/tasks", body).await
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Result<(u16, Value)> {
+        let response = self.client.post(self.url(path)).json(body).send().await?;
+        let status = response.status().as_u16();
+        let body = response.json().await.context("answer is not JSON")?;
+        Ok((status, body))
+    }
+
+    pub async fn submit_ids(&self, body: &Value) -> Result<Vec<TaskId>> {
+        let (status, answer) = self.submit(body).await?;
+        if status != 202 {
+            bail!("submission refused: {status} {answer}");
+        }
+        Ok(serde_json::from_value(answer["ids"].clone())?)
+    }
+
+    pub async fn task(&self, id: TaskId) -> Result<TaskView> {
+        let response = self.client.get(self.url(&format!("/tasks/{id}"))).send().await?;
+        if !response.status().is_success() {
+            bail!("GET /tasks/{id}: {}", response.status());
+        }
+        Ok(response.json().await?)
+    }
+
+    /// Waits until every task is final; returns them in order.
+    pub async fn wait_final(&self, ids: &[TaskId], deadline: Duration) -> Result<Vec<TaskView>> {
+        let mut views = Vec::with_capacity(ids.len());
+        let until = Instant::now() + deadline;
+        for &id in ids {
+            let remaining = until.saturating_duration_since(Instant::now());
+            let view = poll(remaining, &format!("task {id} to finish"), || async {
+                self.task(id).await.ok().filter(|v| v.status.is_final())
+            })
+            .await?;
+            views.push(view);
+        }
+        Ok(views)
+    }
+}
+
+async fn start_planner(dir: &Path, env: &[(&str, &str)]) -> Result<Service> {
+    let mut cmd = planner_command()?;
+    cmd.env("PORT", "0")
+        .env("BIND", "127.0.0.1")
+        .env("DATA_DIR", dir.join("planner-data"))
+        .env("HEARTBEAT_TIMEOUT_MS", "1500");
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
+    let log = dir.join(format!("planner-{}.log", std::process::id() as u64 * 1000 + next_seq()));
+    Service::start("planner", cmd, &log).await
+}
+
+fn next_seq() -> u64 {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Expected result of the built-in ops, computed natively.
+pub fn expected(op: &str, args: &[i64]) -> Option<i64> {
+    match (op, args) {
+        ("add", [a, b]) => a.checked_add(*b),
+        ("mul", [a, b]) => a.checked_mul(*b),
+        _ => None,
+    }
+}

@@ -1,0 +1,53 @@
+//! Wire types shared by the planner, the worker, the launcher and the tests.
+//!
+//! Only data lives here: no I/O, no framework types, so every side can depend
+//! on it cheaply and a change of shape is one edit, seen by both ends.
+
+pub mod legacy;
+pub mod planner;
+pub mod worker;
+
+use serde::{Deserialize, Serialize};
+
+/// A task's identity, assigned by the planner; unique for the planner's data dir.
+pub type TaskId = u64;
+
+/// Every error answer of every route: `{"error": "..."}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+impl ErrorBody {
+    pub fn new(error: impl Into<String>) -> Self {
+        Self { error: error.into() }
+    }
+}
+
+/// What running an op produced: a value, or the op's (or the sandbox's) error.
+/// Serialized flat as `{"result": 42}` or `{"error": "..."}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Output {
+    Result(i64),
+    Error(String),
+}
+
+/// A loaded operation module, as a worker advertises it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OpInfo {
+    pub name: String,
+    /// Hex sha256 of the component bytes: names exactly which code ran.
+    pub digest: String,
+    pub arity: u32,
+    pub doc: String,
+}
+
+/// Op names are short identifiers: they become file names (`<op>.wasm`) and
+/// URL segments, so nothing else is allowed.
+pub fn is_valid_op_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}

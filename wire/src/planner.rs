@@ -1,0 +1,169 @@
+//! The planner's API: tasks submitted by users, workers registering.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{OpInfo, Output, TaskId};
+
+/// One task as submitted: `{"op":"mul","args":[6,7]}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NewTask {
+    pub op: String,
+    pub args: Vec<i64>,
+}
+
+/// `POST /tasks` accepts one task or an array of them.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Submission {
+    One(NewTask),
+    Many(Vec<NewTask>),
+}
+
+impl Submission {
+    pub fn into_tasks(self) -> Vec<NewTask> {
+        match self {
+            Self::One(task) => vec![task],
+            Self::Many(tasks) => tasks,
+        }
+    }
+}
+
+/// Chooses the shape by the first token (`{` or `[`), so a malformed task
+/// gets serde's precise message rather than "matched no variant".
+impl<'de> Deserialize<'de> for Submission {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Shape;
+        impl<'de> serde::de::Visitor<'de> for Shape {
+            type Value = Submission;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(r#"a task {"op": "...", "args": [...]} or an array of tasks"#)
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Submission, A::Error> {
+                NewTask::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Submission::One)
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Submission, A::Error> {
+                Vec::<NewTask>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq)).map(Submission::Many)
+            }
+        }
+        deserializer.deserialize_any(Shape)
+    }
+}
+
+/// The 202 answer to a submission.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Accepted {
+    pub ids: Vec<TaskId>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskStatus {
+    Queued,
+    Running,
+    Done,
+    Failed,
+    Cancelled,
+}
+
+impl TaskStatus {
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Done | Self::Failed | Self::Cancelled)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Done => "done",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// A task as the planner reports it (`GET /tasks/{id}`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TaskView {
+    pub id: TaskId,
+    pub op: String,
+    pub args: Vec<i64>,
+    pub status: TaskStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Why a queued task is not moving (e.g. no live worker offers its op).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    /// sha256 of the module that computed the result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    pub attempts: u32,
+    /// Unix milliseconds.
+    pub submitted_at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at_ms: Option<u64>,
+}
+
+impl TaskView {
+    pub fn output(&self) -> Option<Output> {
+        match (&self.result, &self.error) {
+            (Some(value), _) => Some(Output::Result(*value)),
+            (None, Some(error)) => Some(Output::Error(error.clone())),
+            _ => None,
+        }
+    }
+}
+
+/// `POST /workers`: a worker announcing itself and what it can run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Registration {
+    pub id: String,
+    /// Where the planner reaches the worker, e.g. `http://10.0.0.7:8080`.
+    pub url: String,
+    pub ops: Vec<OpInfo>,
+    pub slots: u32,
+}
+
+/// A worker as the planner sees it (`GET /workers`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WorkerView {
+    pub id: String,
+    pub url: String,
+    /// `None` for a legacy worker, whose ops are learned by trying.
+    pub ops: Option<Vec<OpInfo>>,
+    /// Ops a legacy worker answered 404 for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lacks: Vec<String>,
+    pub slots: u32,
+    pub busy: u32,
+    pub done: u64,
+    pub failed: u64,
+    /// Dispatches it answered 404 for (it lacked the op): zero unless a
+    /// legacy worker's ops had to be learned, or an op was removed.
+    pub wrong_op: u64,
+    /// `general`, `add`, `mul`... derived from the ops; `legacy` when unknown.
+    pub flavor: String,
+    pub legacy: bool,
+    /// Unix milliseconds of the last sign of life.
+    pub last_seen_ms: u64,
+}
+
+/// `GET /stats`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Stats {
+    pub by_status: std::collections::BTreeMap<String, u64>,
+    pub by_op: std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>,
+    pub workers_by_flavor: std::collections::BTreeMap<String, u64>,
+    /// Tasks finished per second over the last minute.
+    pub throughput_per_s: f64,
+}

@@ -1,0 +1,142 @@
+//! The set of ops a worker offers, swappable while tasks run.
+//!
+//! Readers take a snapshot (`ArcSwap::load`, lock-free) and keep the module's
+//! `Arc` for the whole call, so a call that started on the old version ends on
+//! it while every call after the swap sees the new one. Writers compile and
+//! validate outside any lock, then swap the map in one store.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+use wire::worker::{LoadedOp, ModuleSource};
+
+use crate::sandbox::{LoadError, OpModule, Sandbox};
+
+pub struct Entry {
+    pub module: OpModule,
+    pub source: ModuleSource,
+    pub loaded_at_ms: u64,
+}
+
+pub struct Catalog {
+    sandbox: Sandbox,
+    current: ArcSwap<BTreeMap<String, Arc<Entry>>>,
+    /// Last failed load per op, shown by `GET /ops` until a load succeeds.
+    errors: Mutex<BTreeMap<String, String>>,
+    /// Serializes writers so two swaps of one op can't interleave.
+    write: Mutex<()>,
+    /// Bumped on every change; the registration loop re-announces on it.
+    changed: watch::Sender<u64>,
+}
+
+impl Catalog {
+    pub fn new(sandbox: Sandbox) -> Self {
+        Self {
+            sandbox,
+            current: ArcSwap::from_pointee(BTreeMap::new()),
+            errors: Mutex::new(BTreeMap::new()),
+            write: Mutex::new(()),
+            changed: watch::channel(0).0,
+        }
+    }
+
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
+    }
+
+    pub fn get(&self, op: &str) -> Option<Arc<Entry>> {
+        self.current.load().get(op).cloned()
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.current.load().keys().cloned().collect()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Compiles, validates and installs `bytes` as op `name`. Blocking (it
+    /// compiles): call from a blocking context. On error nothing changes but
+    /// the recorded last error.
+    pub fn install(&self, name: &str, bytes: &[u8], source: ModuleSource) -> Result<Arc<Entry>, LoadError> {
+        let loaded = self.sandbox.load(bytes).and_then(|m| m.expect_name(name));
+        let module = match loaded {
+            Ok(module) => module,
+            Err(err) => {
+                self.lock_errors().insert(name.to_string(), err.to_string());
+                return Err(err);
+            }
+        };
+        let entry = Arc::new(Entry { module, source, loaded_at_ms: serve::now_ms() });
+        {
+            let _writer = self.write.lock().unwrap_or_else(|p| p.into_inner());
+            let mut next = BTreeMap::clone(&self.current.load());
+            let unchanged = next.get(name).is_some_and(|old| old.module.digest == entry.module.digest);
+            next.insert(name.to_string(), entry.clone());
+            self.current.store(Arc::new(next));
+            self.lock_errors().remove(name);
+            if unchanged {
+                return Ok(entry);
+            }
+        }
+        tracing::info!(op = name, digest = %entry.module.digest, source = ?source, "module loaded");
+        self.changed.send_modify(|n| *n += 1);
+        Ok(entry)
+    }
+
+    /// Stops offering `name`. Calls already running finish.
+    pub fn remove(&self, name: &str) -> bool {
+        let removed = {
+            let _writer = self.write.lock().unwrap_or_else(|p| p.into_inner());
+            let mut next = BTreeMap::clone(&self.current.load());
+            let removed = next.remove(name).is_some();
+            self.current.store(Arc::new(next));
+            removed
+        };
+        self.lock_errors().remove(name);
+        if removed {
+            tracing::info!(op = name, "module removed");
+            self.changed.send_modify(|n| *n += 1);
+        }
+        removed
+    }
+
+    pub fn record_error(&self, name: &str, error: String) {
+        self.lock_errors().insert(name.to_string(), error);
+    }
+
+    pub fn infos(&self) -> Vec<wire::OpInfo> {
+        self.current.load().values().map(|e| e.module.info()).collect()
+    }
+
+    pub fn list(&self) -> Vec<LoadedOp> {
+        let current = self.current.load();
+        let errors = self.lock_errors().clone();
+        let mut list: Vec<LoadedOp> = current
+            .iter()
+            .map(|(name, e)| LoadedOp {
+                info: e.module.info(),
+                source: e.source,
+                loaded_at_ms: e.loaded_at_ms,
+                last_error: errors.get(name).cloned(),
+            })
+            .collect();
+        // A file that never loaded still shows, with its error.
+        for (name, error) in errors.iter().filter(|(name, _)| !current.contains_key(*name)) {
+            list.push(LoadedOp {
+                info: wire::OpInfo { name: name.clone(), digest: String::new(), arity: 0, doc: String::new() },
+                source: ModuleSource::File,
+                loaded_at_ms: 0,
+                last_error: Some(error.clone()),
+            });
+        }
+        list
+    }
+
+    fn lock_errors(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, String>> {
+        self.errors.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

@@ -1,0 +1,159 @@
+//! Running one task: take a slot, wait the artificial work time, call the op
+//! in the sandbox. Shared by `POST /tasks` and the legacy routes.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::Semaphore;
+use wire::{Output, TaskId};
+
+use crate::catalog::Catalog;
+use crate::sandbox::CallError;
+use crate::work_time::WorkTime;
+
+/// Why a task was not run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("all {0} slots are busy")]
+    Busy(u32),
+    #[error("this worker does not offer op `{op}` (it offers: {offered})")]
+    NoSuchOp { op: String, offered: String },
+    #[error("this worker is shutting down")]
+    Draining,
+}
+
+/// A finished run: the op's output (or the sandbox's error) and what ran it.
+pub struct Run {
+    pub output: Result<i64, CallError>,
+    pub op: String,
+    pub digest: String,
+    pub elapsed: std::time::Duration,
+}
+
+impl Run {
+    pub fn wire_output(&self) -> Output {
+        match &self.output {
+            Ok(value) => Output::Result(*value),
+            Err(err) => Output::Error(err.to_string()),
+        }
+    }
+}
+
+/// What `GET /` shows about a task in progress.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Running {
+    pub id: TaskId,
+    pub op: String,
+    pub args: Vec<i64>,
+    pub started_at_ms: u64,
+}
+
+pub struct Executor {
+    pub catalog: Arc<Catalog>,
+    slots: Arc<Semaphore>,
+    slot_count: u32,
+    work: WorkTime,
+    draining: std::sync::atomic::AtomicBool,
+    running: Mutex<BTreeMap<u64, Running>>,
+    next_local_id: std::sync::atomic::AtomicU64,
+}
+
+impl Executor {
+    pub fn new(catalog: Arc<Catalog>, slots: u32, work: WorkTime) -> Self {
+        Self {
+            catalog,
+            slots: Arc::new(Semaphore::new(slots as usize)),
+            slot_count: slots,
+            work,
+            draining: false.into(),
+            running: Mutex::new(BTreeMap::new()),
+            next_local_id: 0.into(),
+        }
+    }
+
+    pub fn slot_count(&self) -> u32 {
+        self.slot_count
+    }
+
+    pub fn busy(&self) -> u32 {
+        self.slot_count - self.slots.available_permits() as u32
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn running(&self) -> Vec<Running> {
+        self.lock_running().values().cloned().collect()
+    }
+
+    /// Runs a task; `id` is the planner's, or `None` for a legacy call.
+    pub async fn run(&self, id: Option<TaskId>, op: &str, args: Vec<i64>) -> Result<Run, Refusal> {
+        if self.is_draining() {
+            return Err(Refusal::Draining);
+        }
+        let _permit = self.slots.clone().try_acquire_owned().map_err(|_| Refusal::Busy(self.slot_count))?;
+        let entry = self.catalog.get(op).ok_or_else(|| Refusal::NoSuchOp {
+            op: op.to_string(),
+            offered: self.catalog.names().join(", "),
+        })?;
+        let key = self.next_local_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _running = RunningGuard::new(self, key, Running {
+            id: id.unwrap_or(key),
+            op: op.to_string(),
+            args: args.clone(),
+            started_at_ms: serve::now_ms(),
+        });
+
+        let started = Instant::now();
+        let work = self.work.pick();
+        if !work.is_zero() {
+            tokio::time::sleep(work).await;
+        }
+        let sandbox = self.catalog.sandbox().clone();
+        let module = entry.clone();
+        // The call is CPU-bound and may run up to its deadline: keep it off
+        // the async threads so health checks and other slots stay responsive.
+        let output = tokio::task::spawn_blocking(move || sandbox.call(&module.module, &args))
+            .await
+            .unwrap_or_else(|join| Err(CallError::Host(format!("the call's thread failed: {join}"))));
+        if let Err(err) = &output {
+            tracing::debug!(op, kind = err.kind(), error = %err, "op call failed");
+        }
+        Ok(Run {
+            output,
+            op: op.to_string(),
+            digest: entry.module.digest.clone(),
+            elapsed: started.elapsed(),
+        })
+    }
+
+    fn lock_running(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Running>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Keeps a task listed in `GET /` exactly while it runs, even if the request
+/// is dropped half-way.
+struct RunningGuard<'a> {
+    executor: &'a Executor,
+    key: u64,
+}
+
+impl<'a> RunningGuard<'a> {
+    fn new(executor: &'a Executor, key: u64, running: Running) -> Self {
+        executor.lock_running().insert(key, running);
+        Self { executor, key }
+    }
+}
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        self.executor.lock_running().remove(&self.key);
+    }
+}

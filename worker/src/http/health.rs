@@ -1,0 +1,19 @@
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+use super::AppState;
+
+pub async fn live() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// Not ready while draining, so Kubernetes stops counting the pod in.
+pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    if state.executor.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "draining"})))
+    } else {
+        (StatusCode::OK, Json(json!({"status": "ready", "ops": state.executor.catalog.names()})))
+    }
+}

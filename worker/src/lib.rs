@@ -1,0 +1,79 @@
+//! The worker: runs operation modules (WebAssembly components) for the planner.
+
+pub mod catalog;
+pub mod config;
+pub mod embedded;
+pub mod executor;
+pub mod http;
+pub mod ops_dir;
+pub mod registration;
+pub mod sandbox;
+pub mod work_time;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serve::auth::Token;
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::executor::Executor;
+use crate::registration::Registrar;
+use crate::sandbox::{Sandbox, SandboxConfig};
+
+pub async fn run(config: Config) -> Result<()> {
+    let ops = config.selected_ops()?;
+    let sandbox = Sandbox::new(SandboxConfig {
+        timeout: Duration::from_millis(config.op_timeout_ms),
+        memory_bytes: config.op_memory_mb as usize * 1024 * 1024,
+        concurrency: config.slots,
+    })?;
+    let catalog = Arc::new(Catalog::new(sandbox));
+    ops_dir::load_initial(&catalog, &ops, config.ops_dir.as_deref())?;
+
+    let (listener, addr) = serve::listen::bind(&config.bind, config.port).await?;
+    let id = config.worker_id(addr.port());
+    let url = config.advertised_url(addr.port());
+    let executor = Arc::new(Executor::new(catalog.clone(), config.slots, config.work_ms));
+    let token = Token::new(config.token.clone());
+    let state = http::AppState { id: id.as_str().into(), executor: executor.clone() };
+
+    let stop = CancellationToken::new();
+    if let Some(dir) = &config.ops_dir {
+        ops_dir::watch(catalog.clone(), dir.clone(), ops.clone(), stop.clone())?;
+    }
+    let registrar = Registrar {
+        client: reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?,
+        planner: config.planner.trim_end_matches('/').to_string(),
+        token: token.clone(),
+        id: id.clone(),
+        url: url.clone(),
+        slots: config.slots,
+        catalog: catalog.clone(),
+        heartbeat: Duration::from_millis(config.heartbeat_ms),
+    };
+    let registration = tokio::spawn(registrar.run(stop.clone()));
+    tracing::info!(%id, %url, ops = ?catalog.names(), slots = config.slots, "worker ready");
+
+    let draining = {
+        let stop = stop.clone();
+        let executor = executor.clone();
+        async move {
+            serve::shutdown::signal().await;
+            tracing::info!("stopping: refusing new tasks, finishing the ones in flight");
+            executor.start_draining();
+            stop.cancel();
+            // Deregistering before the listener closes lets the planner stop
+            // routing here while in-flight answers still get through.
+            let _ = registration.await;
+        }
+    };
+    axum::serve(listener, http::app(state, token))
+        .with_graceful_shutdown(draining)
+        .await
+        .context("serving HTTP")?;
+    tracing::info!("stopped");
+    Ok(())
+}

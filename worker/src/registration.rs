@@ -1,0 +1,164 @@
+//! Announcing this worker to the planner and staying known.
+//!
+//! Registers (retrying with backoff until the planner answers), heartbeats,
+//! re-registers when the planner has forgotten it (a restarted planner
+//! answers 404) or when the op set changed, and deregisters on shutdown.
+//! Against the exercise's planner, which has no `POST /workers`, it falls
+//! back to `POST /register {"url","id"}` once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use reqwest::StatusCode;
+use serve::auth::Token;
+use tokio_util::sync::CancellationToken;
+use wire::planner::Registration;
+
+use crate::catalog::Catalog;
+
+pub struct Registrar {
+    pub client: reqwest::Client,
+    pub planner: String,
+    pub token: Token,
+    pub id: String,
+    pub url: String,
+    pub slots: u32,
+    pub catalog: Arc<Catalog>,
+    pub heartbeat: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Ours,
+    Legacy,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RegisterError {
+    #[error("planner unreachable: {0}")]
+    Unreachable(#[from] reqwest::Error),
+    #[error("the planner has no registration route of ours (HTTP {0})")]
+    NoRoute(StatusCode),
+    #[error("the planner refused the registration: HTTP {0}: {1}")]
+    Refused(StatusCode, String),
+}
+
+impl Registrar {
+    /// Runs until `stop` is cancelled, then deregisters.
+    pub async fn run(self, stop: CancellationToken) {
+        let Some(mode) = self.register_until_accepted(&stop).await else { return };
+        if mode == Mode::Ours {
+            self.stay_registered(&stop).await;
+        }
+    }
+
+    async fn register_until_accepted(&self, stop: &CancellationToken) -> Option<Mode> {
+        let attempt = || async {
+            match self.register().await {
+                Err(RegisterError::NoRoute(status)) => {
+                    tracing::info!(%status, "planner has no /workers route; registering the exercise's way");
+                    self.register_legacy().await.map(|()| Mode::Legacy)
+                }
+                other => other.map(|()| Mode::Ours),
+            }
+        };
+        let retried = attempt
+            .retry(ExponentialBuilder::default().with_min_delay(Duration::from_millis(50)).with_max_delay(Duration::from_secs(2)).with_jitter().without_max_times())
+            .notify(|err, wait| tracing::warn!(error = %err, retry_in = ?wait, planner = %self.planner, "registration failed"));
+        tokio::select! {
+            () = stop.cancelled() => None,
+            result = retried => match result {
+                Ok(mode) => {
+                    tracing::info!(planner = %self.planner, id = %self.id, ?mode, "registered");
+                    Some(mode)
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "registration gave up");
+                    None
+                }
+            },
+        }
+    }
+
+    async fn stay_registered(&self, stop: &CancellationToken) {
+        let mut changes = self.catalog.subscribe();
+        let mut ticker = tokio::time::interval(self.heartbeat);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                _ = ticker.tick() => self.heartbeat_once(stop).await,
+                Ok(()) = changes.changed() => {
+                    if let Err(err) = self.register().await {
+                        tracing::warn!(error = %err, "could not announce the new op set; the next heartbeat retries");
+                    }
+                }
+            }
+        }
+        self.deregister().await;
+    }
+
+    async fn heartbeat_once(&self, stop: &CancellationToken) {
+        let url = format!("{}/workers/{}/heartbeat", self.planner, self.id);
+        match self.authorized(self.client.post(&url)).send().await {
+            Ok(response) if response.status() == StatusCode::NOT_FOUND => {
+                tracing::info!("the planner does not know this worker (restarted?); registering again");
+                self.register_until_accepted(stop).await;
+            }
+            Ok(response) if !response.status().is_success() => {
+                tracing::warn!(status = %response.status(), "heartbeat refused");
+            }
+            Ok(_) => {}
+            Err(err) => tracing::debug!(error = %err, "heartbeat failed; the planner may be restarting"),
+        }
+    }
+
+    async fn register(&self) -> Result<(), RegisterError> {
+        let body = Registration {
+            id: self.id.clone(),
+            url: self.url.clone(),
+            ops: self.catalog.infos(),
+            slots: self.slots,
+        };
+        let response = self
+            .authorized(self.client.post(format!("{}/workers", self.planner)))
+            .json(&body)
+            .send()
+            .await?;
+        match response.status() {
+            status if status.is_success() => Ok(()),
+            status @ (StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED) => Err(RegisterError::NoRoute(status)),
+            status => Err(RegisterError::Refused(status, response.text().await.unwrap_or_default())),
+        }
+    }
+
+    async fn register_legacy(&self) -> Result<(), RegisterError> {
+        let body = wire::legacy::Register { url: self.url.clone(), id: self.id.clone() };
+        let response = self.client.post(format!("{}/register", self.planner)).json(&body).send().await?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            let status = response.status();
+            Err(RegisterError::Refused(status, response.text().await.unwrap_or_default()))
+        }
+    }
+
+    /// Best effort: the planner also notices a silent worker by its missed
+    /// heartbeats.
+    pub async fn deregister(&self) {
+        let url = format!("{}/workers/{}", self.planner, self.id);
+        let request = self.authorized(self.client.delete(&url)).timeout(Duration::from_secs(2));
+        match request.send().await {
+            Ok(response) => tracing::info!(status = %response.status(), "deregistered"),
+            Err(err) => tracing::warn!(error = %err, "could not deregister"),
+        }
+    }
+
+    fn authorized(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match self.token.header_value() {
+            Some(value) => request.header(reqwest::header::AUTHORIZATION, value),
+            None => request,
+        }
+    }
+}

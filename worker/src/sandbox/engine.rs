@@ -1,0 +1,149 @@
+//! The process-wide wasmtime engine and how a call is made.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::component::Component;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+
+use super::CallError;
+use super::limits::{Limits, MemoryCapHit};
+use super::module::{LoadError, OpModule};
+
+/// How often the epoch advances; the deadline's granularity.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+#[derive(Debug, Clone, Copy)]
+pub struct SandboxConfig {
+    /// Wall-clock deadline per call.
+    pub timeout: Duration,
+    /// Linear memory cap per call.
+    pub memory_bytes: usize,
+    /// Calls that may run at once (the worker's slots); sizes the instance pool.
+    pub concurrency: u32,
+}
+
+/// The engine plus the limits every call runs under. Cheap to clone.
+#[derive(Clone)]
+pub struct Sandbox {
+    engine: Engine,
+    config: SandboxConfig,
+    _ticker: Arc<EpochTicker>,
+}
+
+impl Sandbox {
+    pub fn new(config: SandboxConfig) -> anyhow::Result<Self> {
+        let engine = Engine::new(&engine_config(&config))?;
+        let ticker = EpochTicker::start(engine.clone());
+        Ok(Self { engine, config, _ticker: Arc::new(ticker) })
+    }
+
+    pub fn config(&self) -> SandboxConfig {
+        self.config
+    }
+
+    /// Compiles and validates a component; see [`OpModule::load`].
+    pub fn load(&self, bytes: &[u8]) -> Result<OpModule, LoadError> {
+        let component = Component::new(&self.engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        OpModule::load(self, component, bytes)
+    }
+
+    pub(super) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// A fresh store with the limits and the deadline set. The deadline must be
+    /// set before instantiating: with epoch interruption on it defaults to 0,
+    /// which would trap at once.
+    pub(super) fn store(&self) -> Store<Limits> {
+        let mut store = Store::new(
+            &self.engine,
+            Limits { memory_bytes: self.config.memory_bytes, table_elements: 100_000 },
+        );
+        store.limiter(|limits| limits);
+        store.set_epoch_deadline(deadline_ticks(self.config.timeout));
+        store.epoch_deadline_trap();
+        store
+    }
+
+    /// Runs `apply(args)` in a fresh store. Blocking: call it off the async
+    /// runtime's threads.
+    pub fn call(&self, module: &OpModule, args: &[i64]) -> Result<i64, CallError> {
+        let mut store = self.store();
+        let instance = module
+            .pre()
+            .instantiate(&mut store)
+            .map_err(|e| self.classify(e))?;
+        match instance.call_apply(&mut store, args) {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(message)) => Err(CallError::Op(message)),
+            Err(err) => Err(self.classify(err)),
+        }
+    }
+
+    fn classify(&self, err: wasmtime::Error) -> CallError {
+        if let Some(cap) = err.downcast_ref::<MemoryCapHit>() {
+            return CallError::Memory { desired: cap.desired, limit: cap.limit };
+        }
+        match err.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => CallError::Deadline(self.config.timeout.as_millis() as u64),
+            Some(Trap::UnreachableCodeReached) => {
+                CallError::Trap("wasm `unreachable` executed (the module panicked or aborted)".into())
+            }
+            Some(trap) => CallError::Trap(trap.to_string()),
+            None => CallError::Host(format!("{err:#}")),
+        }
+    }
+}
+
+fn deadline_ticks(timeout: Duration) -> u64 {
+    (timeout.as_micros() / EPOCH_TICK.as_micros()) as u64 + 1
+}
+
+fn engine_config(config: &SandboxConfig) -> Config {
+    let mut wasm = Config::new();
+    wasm.epoch_interruption(true);
+    // Our contract is synchronous; without the async machinery a call is
+    // about 2.5x cheaper.
+    wasm.concurrency_support(false);
+    // Pooling makes a fresh instance per call cheap (~µs): memories and tables
+    // are reused slots instead of fresh mmaps. Room for every slot to run
+    // plus headroom for loads, each instance with a handful of memories.
+    let instances = config.concurrency.saturating_mul(2).max(4) + 4;
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(instances)
+        .total_core_instances(instances * 4)
+        .total_memories(instances * 2)
+        .total_tables(instances * 4)
+        .max_memory_size(config.memory_bytes.max(1 << 16));
+    wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    wasm
+}
+
+/// Advances the engine's epoch on a timer thread; stops when dropped.
+struct EpochTicker {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::Builder::new()
+            .name("epoch-ticker".into())
+            .spawn(move || {
+                while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("spawning the epoch ticker thread");
+        Self { stop }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
