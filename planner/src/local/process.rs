@@ -43,8 +43,8 @@ impl Service {
         let addr = match announced {
             Ok(Ok(Some(addr))) => addr,
             Ok(Ok(None)) | Ok(Err(_)) => {
-                let status = child.wait().await.ok();
-                bail!("{name} exited before listening ({status:?}); last log lines:\n{}", tail(log, 10));
+                let status = child.wait().await.map_or_else(|e| e.to_string(), |s| s.to_string());
+                bail!("{name} exited before listening ({status}); last log lines:\n{}", tail(log, 10));
             }
             Err(_) => bail!("{name} did not start listening within 30 s; log: {}", log.display()),
         };
