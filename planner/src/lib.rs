@@ -5,6 +5,7 @@ pub mod api;
 pub mod board;
 pub mod config;
 pub mod dispatch;
+pub mod latency;
 pub mod local;
 pub mod planner;
 pub mod random_tasks;

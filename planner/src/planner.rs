@@ -44,6 +44,7 @@ pub struct Planner {
     next_id: AtomicU64,
     waiters: Mutex<HashMap<TaskId, Vec<oneshot::Sender<TaskView>>>>,
     limits: Limits,
+    gaps: crate::latency::Recorder,
 }
 
 impl Planner {
@@ -55,6 +56,7 @@ impl Planner {
             next_id: AtomicU64::new(next_id),
             waiters: Mutex::new(HashMap::new()),
             limits,
+            gaps: crate::latency::Recorder::default(),
         })
     }
 
@@ -135,11 +137,16 @@ impl Planner {
     }
 
     /// Hands every queued task that has a free capable slot to its worker.
+    /// `trigger` is when the event that may have made a match possible (a
+    /// task arriving, a slot freeing, a worker joining) happened: the time
+    /// from it to the send is the dispatch gap.
     pub fn pump(self: &Arc<Self>) {
-        let assignments = self.board().pump(Instant::now());
+        let trigger = Instant::now();
+        let assignments = self.board().pump(trigger);
         for assignment in assignments {
             let planner = self.clone();
             tokio::spawn(async move {
+                planner.gaps.record(trigger.elapsed());
                 let answer = planner.dispatcher.send(&assignment).await;
                 planner.settle(&assignment, answer);
             });
@@ -219,7 +226,9 @@ impl Planner {
     }
 
     pub fn stats(&self) -> wire::planner::Stats {
-        self.board().stats()
+        let mut stats = self.board().stats();
+        stats.dispatch_gap_us = self.gaps.percentiles();
+        stats
     }
 
     /// Drops workers whose heartbeats stopped, until the process ends.

@@ -166,4 +166,16 @@ pub struct Stats {
     pub workers_by_flavor: std::collections::BTreeMap<String, u64>,
     /// Tasks finished per second over the last minute.
     pub throughput_per_s: f64,
+    /// From the event that made a dispatch possible (a task arriving, a slot
+    /// freeing) to the task being sent, in µs, since the planner started.
+    #[serde(default)]
+    pub dispatch_gap_us: Percentiles,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Percentiles {
+    pub count: u64,
+    pub p50: u64,
+    pub p99: u64,
+    pub max: u64,
 }
