@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "planner", version, about = "Accepts compute tasks and dispatches them to workers")]
+#[command(
+    name = "planner",
+    version,
+    about = "Accepts compute tasks and dispatches them to workers"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,

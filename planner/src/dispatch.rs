@@ -22,22 +22,32 @@ impl Dispatcher {
             .pool_idle_timeout(Duration::from_secs(30))
             .connect_timeout(Duration::from_secs(3))
             .build()?;
-        Ok(Self { client, token, timeout })
+        Ok(Self {
+            client,
+            token,
+            timeout,
+        })
     }
 
     pub async fn send(&self, assignment: &Assignment) -> Answer {
         let request = if assignment.legacy {
-            let Some(route) = wire::legacy::route_for_op(&assignment.op) else { return Answer::Lacks };
-            let [a, b] = assignment.args[..] else { return Answer::Lacks };
+            let Some(route) = wire::legacy::route_for_op(&assignment.op) else {
+                return Answer::Lacks;
+            };
+            let [a, b] = assignment.args[..] else {
+                return Answer::Lacks;
+            };
             self.client
                 .post(format!("{}{route}", assignment.url))
                 .json(&wire::legacy::Operands { a, b })
         } else {
-            self.client.post(format!("{}/tasks", assignment.url)).json(&TaskRequest {
-                id: assignment.task,
-                op: assignment.op.to_string(),
-                args: assignment.args.to_vec(),
-            })
+            self.client
+                .post(format!("{}/tasks", assignment.url))
+                .json(&TaskRequest {
+                    id: assignment.task,
+                    op: assignment.op.to_string(),
+                    args: assignment.args.to_vec(),
+                })
         };
         let request = match self.token.header_value() {
             Some(value) => request.header(reqwest::header::AUTHORIZATION, value),
@@ -57,22 +67,39 @@ impl Dispatcher {
 async fn read_answer(response: reqwest::Response, legacy: bool) -> Answer {
     match response.status() {
         StatusCode::OK if legacy => match response.json::<wire::legacy::Answer>().await {
-            Ok(answer) => Answer::Done { output: Output::Result(answer.res), digest: None },
+            Ok(answer) => Answer::Done {
+                output: Output::Result(answer.res),
+                digest: None,
+            },
             Err(err) => Answer::Lost(format!("unreadable answer: {err}")),
         },
-        StatusCode::OK | StatusCode::UNPROCESSABLE_ENTITY if !legacy => match response.json::<TaskOutcome>().await {
-            Ok(outcome) => Answer::Done { output: outcome.output, digest: Some(outcome.digest) },
-            Err(err) => Answer::Lost(format!("unreadable answer: {err}")),
-        },
+        StatusCode::OK | StatusCode::UNPROCESSABLE_ENTITY if !legacy => {
+            match response.json::<TaskOutcome>().await {
+                Ok(outcome) => Answer::Done {
+                    output: outcome.output,
+                    digest: Some(outcome.digest),
+                },
+                Err(err) => Answer::Lost(format!("unreadable answer: {err}")),
+            }
+        }
         StatusCode::UNPROCESSABLE_ENTITY => {
-            let message = response.json::<ErrorBody>().await.map(|b| b.error).unwrap_or_else(|e| e.to_string());
-            Answer::Done { output: Output::Error(message), digest: None }
+            let message = response
+                .json::<ErrorBody>()
+                .await
+                .map(|b| b.error)
+                .unwrap_or_else(|e| e.to_string());
+            Answer::Done {
+                output: Output::Error(message),
+                digest: None,
+            }
         }
         StatusCode::TOO_MANY_REQUESTS | StatusCode::FORBIDDEN => Answer::Busy,
         StatusCode::SERVICE_UNAVAILABLE => Answer::Draining,
         StatusCode::NOT_FOUND => Answer::Lacks,
         StatusCode::UNAUTHORIZED => {
-            tracing::error!("a worker refused the planner's token: check that both have the same TOKEN");
+            tracing::error!(
+                "a worker refused the planner's token: check that both have the same TOKEN"
+            );
             Answer::Unauthorized
         }
         status => Answer::Lost(format!("HTTP {status}")),

@@ -14,8 +14,11 @@ pub struct Recorder {
 impl Default for Recorder {
     fn default() -> Self {
         // 3 significant digits from 1 µs up to an hour.
-        let histogram = Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static histogram bounds are valid");
-        Self { histogram: Mutex::new(histogram) }
+        let histogram = Histogram::new_with_bounds(1, 3_600_000_000, 3)
+            .expect("static histogram bounds are valid");
+        Self {
+            histogram: Mutex::new(histogram),
+        }
     }
 }
 

@@ -31,13 +31,23 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
     let (store, recovered) = Store::open(&durability, config.retain_finished)
         .with_context(|| format!("opening the task store in {}", config.data_dir.display()))?;
     let mut board = Board::new(config.max_attempts, config.retain_finished);
-    let unfinished = recovered.tasks.iter().filter(|t| !t.status.is_final()).count();
+    let unfinished = recovered
+        .tasks
+        .iter()
+        .filter(|t| !t.status.is_final())
+        .count();
     board.insert(recovered.tasks);
     if unfinished > 0 {
-        tracing::info!(unfinished, "recovered unfinished tasks; they run as workers register");
+        tracing::info!(
+            unfinished,
+            "recovered unfinished tasks; they run as workers register"
+        );
     }
     let token = Token::new(config.token.clone());
-    let dispatcher = Dispatcher::new(token.clone(), Duration::from_millis(config.dispatch_timeout_ms))?;
+    let dispatcher = Dispatcher::new(
+        token.clone(),
+        Duration::from_millis(config.dispatch_timeout_ms),
+    )?;
     let limits = Limits {
         queue: config.queue_limit,
         heartbeat_timeout: Duration::from_millis(config.heartbeat_timeout_ms),
@@ -54,8 +64,13 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
 
     let (listener, _) = serve::listen::bind(&config.bind, config.port).await?;
     tracing::info!(durable = planner.store().is_durable(), data_dir = %config.data_dir.display(), "planner ready");
-    let state = api::AppState { planner: planner.clone() };
-    let auth = api::AuthPolicy { token, submit_requires_token: config.submit_requires_token };
+    let state = api::AppState {
+        planner: planner.clone(),
+    };
+    let auth = api::AuthPolicy {
+        token,
+        submit_requires_token: config.submit_requires_token,
+    };
     axum::serve(listener, api::app(state, auth))
         .with_graceful_shutdown(serve::shutdown::signal())
         .await
@@ -64,4 +79,3 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
     tracing::info!("stopped");
     Ok(())
 }
-

@@ -48,7 +48,13 @@ pub struct Planner {
 }
 
 impl Planner {
-    pub fn new(board: Board, store: Store, dispatcher: Dispatcher, next_id: TaskId, limits: Limits) -> Arc<Self> {
+    pub fn new(
+        board: Board,
+        store: Store,
+        dispatcher: Dispatcher,
+        next_id: TaskId,
+        limits: Limits,
+    ) -> Arc<Self> {
         Arc::new(Self {
             board: Mutex::new(board),
             store,
@@ -82,7 +88,9 @@ impl Planner {
         }
         self.validate(&new)?;
         if self.board().queued() + new.len() > self.limits.queue {
-            return Err(SubmitError::QueueFull { limit: self.limits.queue });
+            return Err(SubmitError::QueueFull {
+                limit: self.limits.queue,
+            });
         }
         let first = self.next_id.fetch_add(new.len() as u64, Ordering::Relaxed);
         let now = serve::now_ms();
@@ -93,7 +101,11 @@ impl Planner {
             .collect();
         let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
         self.store.insert(tasks.clone()).await?;
-        let receivers = if wait { self.subscribe(&ids) } else { Vec::new() };
+        let receivers = if wait {
+            self.subscribe(&ids)
+        } else {
+            Vec::new()
+        };
         self.board().insert(tasks);
         self.pump();
         Ok((ids, receivers))
@@ -102,7 +114,11 @@ impl Planner {
     fn validate(&self, new: &[NewTask]) -> Result<(), SubmitError> {
         let board = self.board();
         for (i, task) in new.iter().enumerate() {
-            let at = if new.len() > 1 { format!("task {i}: ") } else { String::new() };
+            let at = if new.len() > 1 {
+                format!("task {i}: ")
+            } else {
+                String::new()
+            };
             if !wire::is_valid_op_name(&task.op) {
                 return Err(SubmitError::Invalid(format!(
                     "{at}invalid op name `{}`: use lowercase letters, digits, `-` and `_`",
@@ -110,7 +126,10 @@ impl Planner {
                 )));
             }
             if task.args.len() > MAX_ARGS {
-                return Err(SubmitError::Invalid(format!("{at}too many arguments ({} > {MAX_ARGS})", task.args.len())));
+                return Err(SubmitError::Invalid(format!(
+                    "{at}too many arguments ({} > {MAX_ARGS})",
+                    task.args.len()
+                )));
             }
             if let Some(arity) = board.known_arity(&task.op)
                 && arity as usize != task.args.len()
@@ -185,14 +204,22 @@ impl Planner {
         Ok(self.store.get(id)?.map(|t| t.view(None)))
     }
 
-    pub fn list(&self, status: Option<wire::planner::TaskStatus>, op: Option<&str>, limit: usize) -> Vec<TaskView> {
+    pub fn list(
+        &self,
+        status: Option<wire::planner::TaskStatus>,
+        op: Option<&str>,
+        limit: usize,
+    ) -> Vec<TaskView> {
         self.board().list(status, op, limit)
     }
 
     pub fn cancel(&self, id: TaskId) -> Result<TaskView, CancelError> {
         let cancelled = self.board().cancel(id)?;
         let view = cancelled.view(None);
-        self.apply(Effects { finished: vec![cancelled], retried: Vec::new() });
+        self.apply(Effects {
+            finished: vec![cancelled],
+            retried: Vec::new(),
+        });
         Ok(view)
     }
 

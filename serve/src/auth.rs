@@ -39,7 +39,11 @@ impl Token {
 
 impl std::fmt::Debug for Token {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.is_set() { "Token(<set>)" } else { "Token(<none>)" })
+        f.write_str(if self.is_set() {
+            "Token(<set>)"
+        } else {
+            "Token(<none>)"
+        })
     }
 }
 

@@ -22,9 +22,7 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         check_content_type(req.headers().get(header::CONTENT_TYPE))?;
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            ApiError::new(rejection.status(), format!("cannot read body: {}", rejection.body_text()))
-        })?;
+        let RawBody(bytes) = RawBody::from_request(req, state).await?;
         parse(&bytes).map(JsonBody)
     }
 }
@@ -32,14 +30,24 @@ where
 /// Parses a JSON document, with errors that say where and what.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.is_empty() {
-        return Err(ApiError::bad_request("empty body: expected a JSON document"));
+        return Err(ApiError::bad_request(
+            "empty body: expected a JSON document",
+        ));
     }
-    serde_json::from_slice(bytes).map_err(|err| ApiError::bad_request(format!("invalid JSON body: {err}")))
+    serde_json::from_slice(bytes)
+        .map_err(|err| ApiError::bad_request(format!("invalid JSON body: {err}")))
 }
 
 fn check_content_type(value: Option<&axum::http::HeaderValue>) -> Result<(), ApiError> {
     let Some(value) = value else { return Ok(()) };
-    let mime = value.to_str().unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let mime = value
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     let accepted = mime == "application/json"
         || mime.ends_with("+json")
         || mime == "application/x-www-form-urlencoded"
@@ -51,5 +59,25 @@ fn check_content_type(value: Option<&axum::http::HeaderValue>) -> Result<(), Api
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!("unsupported content type `{mime}`: send application/json"),
         ))
+    }
+}
+
+/// The raw body (e.g. a module upload), with a JSON error when it can't be
+/// read (too large, broken connection).
+pub struct RawBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        Bytes::from_request(req, state)
+            .await
+            .map(RawBody)
+            .map_err(|rejection| {
+                ApiError::new(
+                    rejection.status(),
+                    format!("cannot read body: {}", rejection.body_text()),
+                )
+            })
     }
 }

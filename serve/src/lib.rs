@@ -8,7 +8,7 @@ pub mod logging;
 pub mod shutdown;
 
 pub use error::{ApiError, Path, Query};
-pub use json::JsonBody;
+pub use json::{JsonBody, RawBody};
 
 /// Unix time in milliseconds.
 pub fn now_ms() -> u64 {

@@ -41,12 +41,20 @@ impl<'de> Deserialize<'de> for Submission {
                 f.write_str(r#"a task {"op": "...", "args": [...]} or an array of tasks"#)
             }
 
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Submission, A::Error> {
-                NewTask::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Submission::One)
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Submission, A::Error> {
+                NewTask::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(Submission::One)
             }
 
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Submission, A::Error> {
-                Vec::<NewTask>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq)).map(Submission::Many)
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<Submission, A::Error> {
+                Vec::<NewTask>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+                    .map(Submission::Many)
             }
         }
         deserializer.deserialize_any(Shape)

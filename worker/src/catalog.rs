@@ -61,7 +61,12 @@ impl Catalog {
     /// Compiles, validates and installs `bytes` as op `name`. Blocking (it
     /// compiles): call from a blocking context. On error nothing changes but
     /// the recorded last error.
-    pub fn install(&self, name: &str, bytes: &[u8], source: ModuleSource) -> Result<Arc<Entry>, LoadError> {
+    pub fn install(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        source: ModuleSource,
+    ) -> Result<Arc<Entry>, LoadError> {
         let loaded = self.sandbox.load(bytes).and_then(|m| m.expect_name(name));
         let module = match loaded {
             Ok(module) => module,
@@ -70,11 +75,17 @@ impl Catalog {
                 return Err(err);
             }
         };
-        let entry = Arc::new(Entry { module, source, loaded_at_ms: serve::now_ms() });
+        let entry = Arc::new(Entry {
+            module,
+            source,
+            loaded_at_ms: serve::now_ms(),
+        });
         {
             let _writer = self.write.lock().unwrap_or_else(|p| p.into_inner());
             let mut next = BTreeMap::clone(&self.current.load());
-            let unchanged = next.get(name).is_some_and(|old| old.module.digest == entry.module.digest);
+            let unchanged = next
+                .get(name)
+                .is_some_and(|old| old.module.digest == entry.module.digest);
             next.insert(name.to_string(), entry.clone());
             self.current.store(Arc::new(next));
             self.lock_errors().remove(name);
@@ -109,7 +120,11 @@ impl Catalog {
     }
 
     pub fn infos(&self) -> Vec<wire::OpInfo> {
-        self.current.load().values().map(|e| e.module.info()).collect()
+        self.current
+            .load()
+            .values()
+            .map(|e| e.module.info())
+            .collect()
     }
 
     pub fn list(&self) -> Vec<LoadedOp> {
@@ -125,9 +140,17 @@ impl Catalog {
             })
             .collect();
         // A file that never loaded still shows, with its error.
-        for (name, error) in errors.iter().filter(|(name, _)| !current.contains_key(*name)) {
+        for (name, error) in errors
+            .iter()
+            .filter(|(name, _)| !current.contains_key(*name))
+        {
             list.push(LoadedOp {
-                info: wire::OpInfo { name: name.clone(), digest: String::new(), arity: 0, doc: String::new() },
+                info: wire::OpInfo {
+                    name: name.clone(),
+                    digest: String::new(),
+                    arity: 0,
+                    doc: String::new(),
+                },
                 source: ModuleSource::File,
                 loaded_at_ms: 0,
                 last_error: Some(error.clone()),

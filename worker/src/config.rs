@@ -8,7 +8,11 @@ use clap::Parser;
 use crate::work_time::WorkTime;
 
 #[derive(Parser, Debug, Clone)]
-#[command(name = "worker", version, about = "Runs WebAssembly operation modules for the planner")]
+#[command(
+    name = "worker",
+    version,
+    about = "Runs WebAssembly operation modules for the planner"
+)]
 pub struct Config {
     /// Ops this worker offers, comma-separated (its specialization), e.g. `add,mul`.
     #[arg(long, env = "OPS", value_delimiter = ',')]
@@ -62,7 +66,11 @@ impl Config {
     /// The ops to load at start: `OPS`, else the exercise's `MULT`/`ADD` (both default on).
     pub fn selected_ops(&self) -> Result<Vec<String>> {
         let ops: Vec<String> = match &self.ops {
-            Some(list) => list.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+            Some(list) => list
+                .iter()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
             None => {
                 let mut ops = Vec::new();
                 if self.add.unwrap_or(true) {

@@ -81,7 +81,8 @@ impl Executor {
     }
 
     pub fn start_draining(&self) {
-        self.draining.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn is_draining(&self) -> bool {
@@ -97,18 +98,28 @@ impl Executor {
         if self.is_draining() {
             return Err(Refusal::Draining);
         }
-        let _permit = self.slots.clone().try_acquire_owned().map_err(|_| Refusal::Busy(self.slot_count))?;
+        let _permit = self
+            .slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Refusal::Busy(self.slot_count))?;
         let entry = self.catalog.get(op).ok_or_else(|| Refusal::NoSuchOp {
             op: op.to_string(),
             offered: self.catalog.names().join(", "),
         })?;
-        let key = self.next_local_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let _running = RunningGuard::new(self, key, Running {
-            id: id.unwrap_or(key),
-            op: op.to_string(),
-            args: args.clone(),
-            started_at_ms: serve::now_ms(),
-        });
+        let key = self
+            .next_local_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _running = RunningGuard::new(
+            self,
+            key,
+            Running {
+                id: id.unwrap_or(key),
+                op: op.to_string(),
+                args: args.clone(),
+                started_at_ms: serve::now_ms(),
+            },
+        );
 
         let started = Instant::now();
         let work = self.work.pick();
@@ -121,7 +132,9 @@ impl Executor {
         // the async threads so health checks and other slots stay responsive.
         let output = tokio::task::spawn_blocking(move || sandbox.call(&module.module, &args))
             .await
-            .unwrap_or_else(|join| Err(CallError::Host(format!("the call's thread failed: {join}"))));
+            .unwrap_or_else(|join| {
+                Err(CallError::Host(format!("the call's thread failed: {join}")))
+            });
         if let Err(err) = &output {
             tracing::debug!(op, kind = err.kind(), error = %err, "op call failed");
         }

@@ -38,14 +38,19 @@ pub async fn run(config: Config) -> Result<()> {
     let url = config.advertised_url(addr.port());
     let executor = Arc::new(Executor::new(catalog.clone(), config.slots, config.work_ms));
     let token = Token::new(config.token.clone());
-    let state = http::AppState { id: id.as_str().into(), executor: executor.clone() };
+    let state = http::AppState {
+        id: id.as_str().into(),
+        executor: executor.clone(),
+    };
 
     let stop = CancellationToken::new();
     if let Some(dir) = &config.ops_dir {
         ops_dir::watch(catalog.clone(), dir.clone(), ops.clone(), stop.clone())?;
     }
     let registrar = Registrar {
-        client: reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?,
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()?,
         planner: config.planner.trim_end_matches('/').to_string(),
         token: token.clone(),
         id: id.clone(),

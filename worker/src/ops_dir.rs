@@ -38,18 +38,26 @@ pub fn load_initial(catalog: &Catalog, ops: &[String], dir: Option<&Path>) -> Re
     for op in ops {
         let file = dir.map(|d| module_path(d, op)).filter(|p| p.exists());
         let (bytes, source) = match &file {
-            Some(path) => (std::fs::read(path).with_context(|| format!("reading {}", path.display()))?, ModuleSource::File),
+            Some(path) => (
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+                ModuleSource::File,
+            ),
             None => match embedded::module(op) {
                 Some(bytes) => (bytes.to_vec(), ModuleSource::Embedded),
                 None => bail!(
                     "op `{op}` has no module: {}and it is not built in (built in: add, mul)",
-                    dir.map(|d| format!("no {} ", module_path(d, op).display())).unwrap_or_default()
+                    dir.map(|d| format!("no {} ", module_path(d, op).display()))
+                        .unwrap_or_default()
                 ),
             },
         };
-        catalog
-            .install(op, &bytes, source)
-            .with_context(|| format!("cannot load op `{op}`{}", file.map(|f| format!(" from {}", f.display())).unwrap_or_default()))?;
+        catalog.install(op, &bytes, source).with_context(|| {
+            format!(
+                "cannot load op `{op}`{}",
+                file.map(|f| format!(" from {}", f.display()))
+                    .unwrap_or_default()
+            )
+        })?;
     }
     Ok(())
 }
@@ -59,7 +67,12 @@ fn module_path(dir: &Path, op: &str) -> PathBuf {
 }
 
 /// Starts watching `dir`; reconciles the catalog with it on every change.
-pub fn watch(catalog: Arc<Catalog>, dir: PathBuf, ops: Vec<String>, stop: CancellationToken) -> Result<()> {
+pub fn watch(
+    catalog: Arc<Catalog>,
+    dir: PathBuf,
+    ops: Vec<String>,
+    stop: CancellationToken,
+) -> Result<()> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if event.is_ok() {
@@ -114,7 +127,10 @@ fn reconcile(catalog: &Catalog, dir: &Path, ops: &[String]) {
 
 fn reload_if_changed(catalog: &Catalog, op: &str, bytes: &[u8]) {
     let digest = hex::encode(Sha256::digest(bytes));
-    if catalog.get(op).is_some_and(|e| e.module.digest == digest && e.source == ModuleSource::File) {
+    if catalog
+        .get(op)
+        .is_some_and(|e| e.module.digest == digest && e.source == ModuleSource::File)
+    {
         return;
     }
     if let Err(err) = catalog.install(op, bytes, ModuleSource::File) {
@@ -125,7 +141,9 @@ fn reload_if_changed(catalog: &Catalog, op: &str, bytes: &[u8]) {
 /// The file is gone: a built-in op returns to its built-in module; any other
 /// op that came from a file stops being offered.
 fn fall_back(catalog: &Catalog, op: &str) {
-    let Some(current) = catalog.get(op) else { return };
+    let Some(current) = catalog.get(op) else {
+        return;
+    };
     if current.source != ModuleSource::File {
         return;
     }

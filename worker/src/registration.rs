@@ -47,7 +47,9 @@ enum RegisterError {
 impl Registrar {
     /// Runs until `stop` is cancelled, then deregisters.
     pub async fn run(self, stop: CancellationToken) {
-        let Some(mode) = self.register_until_accepted(&stop).await else { return };
+        let Some(mode) = self.register_until_accepted(&stop).await else {
+            return;
+        };
         if mode == Mode::Ours {
             self.stay_registered(&stop).await;
         }
@@ -103,14 +105,18 @@ impl Registrar {
         let url = format!("{}/workers/{}/heartbeat", self.planner, self.id);
         match self.authorized(self.client.post(&url)).send().await {
             Ok(response) if response.status() == StatusCode::NOT_FOUND => {
-                tracing::info!("the planner does not know this worker (restarted?); registering again");
+                tracing::info!(
+                    "the planner does not know this worker (restarted?); registering again"
+                );
                 self.register_until_accepted(stop).await;
             }
             Ok(response) if !response.status().is_success() => {
                 tracing::warn!(status = %response.status(), "heartbeat refused");
             }
             Ok(_) => {}
-            Err(err) => tracing::debug!(error = %err, "heartbeat failed; the planner may be restarting"),
+            Err(err) => {
+                tracing::debug!(error = %err, "heartbeat failed; the planner may be restarting")
+            }
         }
     }
 
@@ -128,19 +134,35 @@ impl Registrar {
             .await?;
         match response.status() {
             status if status.is_success() => Ok(()),
-            status @ (StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED) => Err(RegisterError::NoRoute(status)),
-            status => Err(RegisterError::Refused(status, response.text().await.unwrap_or_default())),
+            status @ (StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED) => {
+                Err(RegisterError::NoRoute(status))
+            }
+            status => Err(RegisterError::Refused(
+                status,
+                response.text().await.unwrap_or_default(),
+            )),
         }
     }
 
     async fn register_legacy(&self) -> Result<(), RegisterError> {
-        let body = wire::legacy::Register { url: self.url.clone(), id: self.id.clone() };
-        let response = self.client.post(format!("{}/register", self.planner)).json(&body).send().await?;
+        let body = wire::legacy::Register {
+            url: self.url.clone(),
+            id: self.id.clone(),
+        };
+        let response = self
+            .client
+            .post(format!("{}/register", self.planner))
+            .json(&body)
+            .send()
+            .await?;
         if response.status().is_success() {
             Ok(())
         } else {
             let status = response.status();
-            Err(RegisterError::Refused(status, response.text().await.unwrap_or_default()))
+            Err(RegisterError::Refused(
+                status,
+                response.text().await.unwrap_or_default(),
+            ))
         }
     }
 
@@ -148,7 +170,9 @@ impl Registrar {
     /// heartbeats.
     pub async fn deregister(&self) {
         let url = format!("{}/workers/{}", self.planner, self.id);
-        let request = self.authorized(self.client.delete(&url)).timeout(Duration::from_secs(2));
+        let request = self
+            .authorized(self.client.delete(&url))
+            .timeout(Duration::from_secs(2));
         match request.send().await {
             Ok(response) => tracing::info!(status = %response.status(), "deregistered"),
             Err(err) => tracing::warn!(error = %err, "could not deregister"),

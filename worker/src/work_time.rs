@@ -13,7 +13,11 @@ pub struct WorkTime {
 
 impl WorkTime {
     pub fn pick(&self) -> Duration {
-        let ms = if self.min_ms == self.max_ms { self.min_ms } else { rand::rng().random_range(self.min_ms..=self.max_ms) };
+        let ms = if self.min_ms == self.max_ms {
+            self.min_ms
+        } else {
+            rand::rng().random_range(self.min_ms..=self.max_ms)
+        };
         Duration::from_millis(ms)
     }
 }
@@ -47,7 +51,10 @@ mod tests {
 
     #[test]
     fn parses_numbers_and_ranges_and_rejects_the_rest() {
-        assert_eq!("250".parse::<WorkTime>().unwrap().pick(), Duration::from_millis(250));
+        assert_eq!(
+            "250".parse::<WorkTime>().unwrap().pick(),
+            Duration::from_millis(250)
+        );
         let range: WorkTime = "10-20".parse().unwrap();
         for _ in 0..100 {
             let d = range.pick().as_millis();

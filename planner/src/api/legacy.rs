@@ -9,13 +9,18 @@ use wire::planner::WorkerView;
 
 use super::AppState;
 
-pub async fn register(State(state): State<AppState>, JsonBody(body): JsonBody<Register>) -> Result<Json<Value>, ApiError> {
+pub async fn register(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<Register>,
+) -> Result<Json<Value>, ApiError> {
     super::workers::check_url(&body.url)?;
     if body.id.is_empty() {
         return Err(ApiError::bad_request("`id` must not be empty"));
     }
     let id = body.id.clone();
-    state.planner.register_legacy(body.id, body.url.trim_end_matches('/').to_string());
+    state
+        .planner
+        .register_legacy(body.id, body.url.trim_end_matches('/').to_string());
     Ok(Json(json!({"registered": id})))
 }
 

@@ -33,7 +33,11 @@ pub struct AuthPolicy {
 pub fn app(state: AppState, auth: AuthPolicy) -> Router {
     let guard = || axum::middleware::from_fn_with_state(auth.token.clone(), require_token);
     let submit_guard = {
-        let token = if auth.submit_requires_token { auth.token.clone() } else { Token::default() };
+        let token = if auth.submit_requires_token {
+            auth.token.clone()
+        } else {
+            Token::default()
+        };
         axum::middleware::from_fn_with_state(token, require_token)
     };
     let worker_routes = Router::new()
@@ -43,7 +47,10 @@ pub fn app(state: AppState, auth: AuthPolicy) -> Router {
         .route("/register", post(legacy::register))
         .route_layer(guard());
     let submit_routes = Router::new()
-        .route("/tasks", post(tasks::submit).layer(DefaultBodyLimit::max(MAX_SUBMISSION_BYTES)))
+        .route(
+            "/tasks",
+            post(tasks::submit).layer(DefaultBodyLimit::max(MAX_SUBMISSION_BYTES)),
+        )
         .route("/tasks/random", post(tasks::random))
         .route("/tasks/{id}", delete(tasks::cancel))
         .route_layer(submit_guard);

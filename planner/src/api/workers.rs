@@ -27,29 +27,50 @@ fn validate(registration: &Registration) -> Result<(), ApiError> {
     if registration.slots == 0 {
         return Err(ApiError::bad_request("`slots` must be at least 1"));
     }
-    if let Some(bad) = registration.ops.iter().find(|op| !wire::is_valid_op_name(&op.name)) {
-        return Err(ApiError::bad_request(format!("invalid op name `{}`", bad.name)));
+    if let Some(bad) = registration
+        .ops
+        .iter()
+        .find(|op| !wire::is_valid_op_name(&op.name))
+    {
+        return Err(ApiError::bad_request(format!(
+            "invalid op name `{}`",
+            bad.name
+        )));
     }
     Ok(())
 }
 
 pub fn check_url(url: &str) -> Result<(), ApiError> {
-    if (url.starts_with("http://") || url.starts_with("https://")) && url.len() <= 2048 && reqwest::Url::parse(url).is_ok() {
+    if (url.starts_with("http://") || url.starts_with("https://"))
+        && url.len() <= 2048
+        && reqwest::Url::parse(url).is_ok()
+    {
         Ok(())
     } else {
-        Err(ApiError::bad_request(format!("`url` must be an http(s) URL, got `{}`", url.chars().take(100).collect::<String>())))
+        Err(ApiError::bad_request(format!(
+            "`url` must be an http(s) URL, got `{}`",
+            url.chars().take(100).collect::<String>()
+        )))
     }
 }
 
-pub async fn heartbeat(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn heartbeat(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     if state.planner.heartbeat(&id) {
         Ok(StatusCode::NO_CONTENT)
     } else {
-        Err(ApiError::not_found(format!("unknown worker `{id}`: register first")))
+        Err(ApiError::not_found(format!(
+            "unknown worker `{id}`: register first"
+        )))
     }
 }
 
-pub async fn deregister(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn deregister(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     if state.planner.deregister(&id) {
         Ok(StatusCode::NO_CONTENT)
     } else {

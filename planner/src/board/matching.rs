@@ -41,7 +41,9 @@ impl Board {
                     best = Some((head, op.clone(), worker.id.clone()));
                 }
             }
-            let Some((task_id, op, worker_id)) = best else { break };
+            let Some((task_id, op, worker_id)) = best else {
+                break;
+            };
             if let Some(queue) = self.queues.get_mut(&op) {
                 queue.pop_front();
             }
@@ -53,7 +55,12 @@ impl Board {
         assignments
     }
 
-    fn assign(&mut self, task_id: TaskId, worker_id: &Arc<str>, _now: Instant) -> Option<Assignment> {
+    fn assign(
+        &mut self,
+        task_id: TaskId,
+        worker_id: &Arc<str>,
+        _now: Instant,
+    ) -> Option<Assignment> {
         let dispatch = self.next_dispatch;
         self.next_dispatch += 1;
         let worker = self.workers.get_mut(worker_id)?;
@@ -81,7 +88,11 @@ impl Board {
     }
 }
 
-fn best_worker<'a>(workers: impl Iterator<Item = &'a Worker>, op: &str, now: Instant) -> Option<&'a Worker> {
+fn best_worker<'a>(
+    workers: impl Iterator<Item = &'a Worker>,
+    op: &str,
+    now: Instant,
+) -> Option<&'a Worker> {
     workers
         .filter(|w| w.offers(op))
         .map(|w| (w, w.free_slots(now)))

@@ -24,7 +24,10 @@ use crate::task::{DispatchId, Task};
 #[derive(Debug, Clone)]
 pub enum Answer {
     /// The op ran: a value or its error. Final.
-    Done { output: Output, digest: Option<String> },
+    Done {
+        output: Output,
+        digest: Option<String>,
+    },
     /// All its slots are busy (429, or 403 from a legacy worker).
     Busy,
     /// It is shutting down (503).
@@ -94,7 +97,10 @@ impl Board {
             if task.status.is_final() {
                 self.finished_order.push_back(task.id);
             } else {
-                self.queues.entry(task.op.clone()).or_default().push_back(task.id);
+                self.queues
+                    .entry(task.op.clone())
+                    .or_default()
+                    .push_back(task.id);
                 self.queued += 1;
             }
             self.tasks.insert(task.id, task);
@@ -111,7 +117,12 @@ impl Board {
     }
 
     /// Most recent first.
-    pub fn list(&self, status: Option<TaskStatus>, op: Option<&str>, limit: usize) -> Vec<TaskView> {
+    pub fn list(
+        &self,
+        status: Option<TaskStatus>,
+        op: Option<&str>,
+        limit: usize,
+    ) -> Vec<TaskView> {
         let mut ids: Vec<TaskId> = self
             .tasks
             .values()
@@ -119,7 +130,10 @@ impl Board {
             .map(|t| t.id)
             .collect();
         ids.sort_unstable_by(|a, b| b.cmp(a));
-        ids.into_iter().take(limit).filter_map(|id| self.view(id)).collect()
+        ids.into_iter()
+            .take(limit)
+            .filter_map(|id| self.view(id))
+            .collect()
     }
 
     /// Why a queued task is not moving, if it is stuck rather than waiting its turn.
@@ -127,7 +141,11 @@ impl Board {
         if task.status != TaskStatus::Queued {
             return None;
         }
-        let capable = self.workers.values().filter(|w| !w.leaving && w.offers(&task.op)).count();
+        let capable = self
+            .workers
+            .values()
+            .filter(|w| !w.leaving && w.offers(&task.op))
+            .count();
         (capable == 0).then(|| format!("no live worker offers op `{}`", task.op))
     }
 
@@ -149,7 +167,11 @@ impl Board {
 
     /// Adds or updates a worker. Tasks in flight on it stay accounted for.
     pub fn register(&mut self, registration: Registration) {
-        let ops = registration.ops.into_iter().map(|info| (info.name.clone(), info)).collect();
+        let ops = registration
+            .ops
+            .into_iter()
+            .map(|info| (info.name.clone(), info))
+            .collect();
         let id: Arc<str> = registration.id.into();
         match self.workers.get_mut(&id) {
             Some(worker) => {
@@ -161,7 +183,12 @@ impl Board {
                 touch(worker);
             }
             None => {
-                let worker = Worker::new(id.clone(), registration.url.into(), Some(ops), registration.slots);
+                let worker = Worker::new(
+                    id.clone(),
+                    registration.url.into(),
+                    Some(ops),
+                    registration.slots,
+                );
                 self.workers.insert(id, worker);
             }
         }
@@ -188,7 +215,9 @@ impl Board {
     /// A worker leaving on purpose: nothing new goes to it; it is forgotten
     /// once its tasks in flight have answered.
     pub fn deregister(&mut self, id: &str) -> bool {
-        let Some(worker) = self.workers.get_mut(id) else { return false };
+        let Some(worker) = self.workers.get_mut(id) else {
+            return false;
+        };
         worker.leaving = true;
         if worker.in_flight.is_empty() {
             self.workers.remove(id);
@@ -214,8 +243,15 @@ impl Board {
     }
 
     fn drop_worker(&mut self, id: &str, reason: &str, effects: &mut Effects) {
-        let Some(worker) = self.workers.remove(id) else { return };
-        tracing::warn!(worker = id, reason, in_flight = worker.in_flight.len(), "worker dropped");
+        let Some(worker) = self.workers.remove(id) else {
+            return;
+        };
+        tracing::warn!(
+            worker = id,
+            reason,
+            in_flight = worker.in_flight.len(),
+            "worker dropped"
+        );
         for task_id in worker.in_flight {
             if let Some(dispatch) = self.tasks.get(&task_id).and_then(|t| t.dispatch) {
                 self.settle_lost(task_id, dispatch, reason, effects);
@@ -234,16 +270,19 @@ impl Board {
     /// recording exactly-once.
     pub fn settle(&mut self, assignment: &Assignment, answer: Answer) -> Effects {
         let mut effects = Effects::default();
-        let current = self
-            .tasks
-            .get(&assignment.task)
-            .is_some_and(|t| t.status == TaskStatus::Running && t.dispatch == Some(assignment.dispatch));
+        let current = self.tasks.get(&assignment.task).is_some_and(|t| {
+            t.status == TaskStatus::Running && t.dispatch == Some(assignment.dispatch)
+        });
         let worker_id = &*assignment.worker;
         if let Some(worker) = self.workers.get_mut(worker_id) {
             worker.in_flight.remove(&assignment.task);
         }
         if !current {
-            tracing::debug!(task = assignment.task, worker = worker_id, "ignoring a stale answer");
+            tracing::debug!(
+                task = assignment.task,
+                worker = worker_id,
+                "ignoring a stale answer"
+            );
             self.forget_if_left(worker_id);
             return effects;
         }
@@ -261,10 +300,16 @@ impl Board {
                     Output::Error(_) => TaskStatus::Failed,
                 };
                 let digest = digest.map(Into::into);
-                effects.finished.push(self.finish(assignment.task, status, Some(output), digest));
+                effects
+                    .finished
+                    .push(self.finish(assignment.task, status, Some(output), digest));
             }
             Answer::Busy | Answer::Unauthorized => {
-                let pause = if matches!(answer, Answer::Unauthorized) { 5_000 } else { 50 };
+                let pause = if matches!(answer, Answer::Unauthorized) {
+                    5_000
+                } else {
+                    50
+                };
                 if let Some(worker) = self.workers.get_mut(worker_id) {
                     worker.cooldown_until = Some(Instant::now() + Duration::from_millis(pause));
                 }
@@ -303,7 +348,11 @@ impl Board {
     }
 
     fn forget_if_left(&mut self, worker_id: &str) {
-        if self.workers.get(worker_id).is_some_and(|w| w.leaving && w.in_flight.is_empty()) {
+        if self
+            .workers
+            .get(worker_id)
+            .is_some_and(|w| w.leaving && w.in_flight.is_empty())
+        {
             self.workers.remove(worker_id);
         }
     }
@@ -316,14 +365,27 @@ impl Board {
         self.requeue_front(id);
     }
 
-    fn settle_lost(&mut self, id: TaskId, dispatch: DispatchId, reason: &str, effects: &mut Effects) {
-        let Some(task) = self.tasks.get(&id) else { return };
+    fn settle_lost(
+        &mut self,
+        id: TaskId,
+        dispatch: DispatchId,
+        reason: &str,
+        effects: &mut Effects,
+    ) {
+        let Some(task) = self.tasks.get(&id) else {
+            return;
+        };
         if task.status != TaskStatus::Running || task.dispatch != Some(dispatch) {
             return;
         }
         if task.attempts >= self.max_attempts {
             let message = format!("gave up after {} attempts; last: {reason}", task.attempts);
-            effects.finished.push(self.finish(id, TaskStatus::Failed, Some(Output::Error(message)), None));
+            effects.finished.push(self.finish(
+                id,
+                TaskStatus::Failed,
+                Some(Output::Error(message)),
+                None,
+            ));
         } else {
             effects.retried.push((id, task.attempts));
             self.requeue_front(id);
@@ -331,7 +393,9 @@ impl Board {
     }
 
     fn requeue_front(&mut self, id: TaskId) {
-        let Some(task) = self.tasks.get_mut(&id) else { return };
+        let Some(task) = self.tasks.get_mut(&id) else {
+            return;
+        };
         let op = task.op.clone();
         task.status = TaskStatus::Queued;
         task.dispatch = None;
@@ -343,8 +407,17 @@ impl Board {
         self.queued += 1;
     }
 
-    fn finish(&mut self, id: TaskId, status: TaskStatus, output: Option<Output>, digest: Option<Arc<str>>) -> Finished {
-        let task = self.tasks.get_mut(&id).expect("finish() is only called for known tasks");
+    fn finish(
+        &mut self,
+        id: TaskId,
+        status: TaskStatus,
+        output: Option<Output>,
+        digest: Option<Arc<str>>,
+    ) -> Finished {
+        let task = self
+            .tasks
+            .get_mut(&id)
+            .expect("finish() is only called for known tasks");
         let before = task.status;
         task.status = status;
         task.output = output;
@@ -360,7 +433,11 @@ impl Board {
         self.finished_order.push_back(id);
         let now = Instant::now();
         self.recent_finishes.push_back(now);
-        while self.recent_finishes.front().is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60)) {
+        while self
+            .recent_finishes
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60))
+        {
             self.recent_finishes.pop_front();
         }
         self.evict_old_finished();
@@ -384,13 +461,22 @@ impl Board {
         let mut stats = Stats::default();
         for ((op, status), &n) in &self.counts {
             *stats.by_status.entry(status.as_str().into()).or_default() += n;
-            *stats.by_op.entry(op.to_string()).or_default().entry(status.as_str().into()).or_default() += n;
+            *stats
+                .by_op
+                .entry(op.to_string())
+                .or_default()
+                .entry(status.as_str().into())
+                .or_default() += n;
         }
         for worker in self.workers.values() {
             *stats.workers_by_flavor.entry(worker.flavor()).or_default() += 1;
         }
         let now = Instant::now();
-        let last_minute = self.recent_finishes.iter().filter(|t| now.duration_since(**t) <= Duration::from_secs(60)).count();
+        let last_minute = self
+            .recent_finishes
+            .iter()
+            .filter(|t| now.duration_since(**t) <= Duration::from_secs(60))
+            .count();
         stats.throughput_per_s = last_minute as f64 / 60.0;
         stats
     }
@@ -415,6 +501,8 @@ mod tests;
 impl Board {
     /// The arity a live worker advertises for `op`, if any does.
     pub fn known_arity(&self, op: &str) -> Option<u32> {
-        self.workers.values().find_map(|w| w.ops.as_ref()?.get(op).map(|info| info.arity))
+        self.workers
+            .values()
+            .find_map(|w| w.ops.as_ref()?.get(op).map(|info| info.arity))
     }
 }

@@ -1,7 +1,12 @@
 use super::*;
 
 fn op(name: &str) -> wire::OpInfo {
-    wire::OpInfo { name: name.into(), digest: format!("{name}-digest"), arity: 2, doc: String::new() }
+    wire::OpInfo {
+        name: name.into(),
+        digest: format!("{name}-digest"),
+        arity: 2,
+        doc: String::new(),
+    }
 }
 
 fn register(board: &mut Board, id: &str, ops: &[&str], slots: u32) {
@@ -18,7 +23,10 @@ fn submit(board: &mut Board, id: TaskId, op: &str) {
 }
 
 fn done(value: i64) -> Answer {
-    Answer::Done { output: Output::Result(value), digest: Some("d".into()) }
+    Answer::Done {
+        output: Output::Result(value),
+        digest: Some("d".into()),
+    }
 }
 
 #[test]
@@ -41,7 +49,10 @@ fn a_task_never_goes_to_a_worker_without_its_op_and_says_why_it_waits() {
     assert!(board.pump(Instant::now()).is_empty());
     let view = board.view(1).unwrap();
     assert_eq!(view.status, TaskStatus::Queued);
-    assert_eq!(view.waiting_for.as_deref(), Some("no live worker offers op `mul`"));
+    assert_eq!(
+        view.waiting_for.as_deref(),
+        Some("no live worker offers op `mul`")
+    );
     register(&mut board, "muller", &["mul"], 1);
     let sent = board.pump(Instant::now());
     assert_eq!(&*sent[0].worker, "muller");
@@ -88,12 +99,21 @@ fn a_lost_task_is_retried_then_fails_with_the_reason_past_the_limit() {
         if round == 0 {
             assert!(effects.finished.is_empty());
             assert_eq!(board.task(1).unwrap().status, TaskStatus::Queued);
-            assert!(board.workers().is_empty(), "an unreachable worker is dropped");
+            assert!(
+                board.workers().is_empty(),
+                "an unreachable worker is dropped"
+            );
         } else {
             let failed = &effects.finished[0];
             assert_eq!(failed.status, TaskStatus::Failed);
-            let Some(Output::Error(message)) = &failed.output else { panic!("no error") };
-            assert!(message.contains("gave up after 2 attempts") && message.contains("connection refused"), "{message}");
+            let Some(Output::Error(message)) = &failed.output else {
+                panic!("no error")
+            };
+            assert!(
+                message.contains("gave up after 2 attempts")
+                    && message.contains("connection refused"),
+                "{message}"
+            );
         }
     }
 }
@@ -105,7 +125,10 @@ fn a_late_answer_from_a_dropped_worker_is_not_recorded() {
     submit(&mut board, 1, "add");
     let first = board.pump(Instant::now()).remove(0);
     // Heartbeats stop: the worker is dropped and its task requeued.
-    let (dead, _) = board.reap(Instant::now() + Duration::from_secs(10), Duration::from_secs(3));
+    let (dead, _) = board.reap(
+        Instant::now() + Duration::from_secs(10),
+        Duration::from_secs(3),
+    );
     assert_eq!(dead, vec!["slow".to_string()]);
     register(&mut board, "fast", &["add"], 1);
     let second = board.pump(Instant::now()).remove(0);
@@ -132,7 +155,10 @@ fn only_queued_tasks_can_be_cancelled() {
     let mut board = Board::new(3, 100);
     submit(&mut board, 1, "add");
     assert_eq!(board.cancel(1).unwrap().status, TaskStatus::Cancelled);
-    assert_eq!(board.cancel(1).unwrap_err(), CancelError::NotQueued(TaskStatus::Cancelled));
+    assert_eq!(
+        board.cancel(1).unwrap_err(),
+        CancelError::NotQueued(TaskStatus::Cancelled)
+    );
     assert_eq!(board.cancel(7).unwrap_err(), CancelError::NotFound);
     assert_eq!(board.queued(), 0);
 }
@@ -163,6 +189,9 @@ fn counts_follow_transitions_and_old_finished_tasks_leave_memory() {
     let stats = board.stats();
     assert_eq!(stats.by_status.get("done"), Some(&3));
     assert_eq!(stats.by_status.get("running"), Some(&0));
-    assert!(board.task(1).is_none(), "the oldest finished task is evicted");
+    assert!(
+        board.task(1).is_none(),
+        "the oldest finished task is evicted"
+    );
     assert!(board.task(3).is_some());
 }

@@ -34,7 +34,12 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn new(id: Arc<str>, url: Arc<str>, ops: Option<BTreeMap<String, OpInfo>>, slots: u32) -> Self {
+    pub fn new(
+        id: Arc<str>,
+        url: Arc<str>,
+        ops: Option<BTreeMap<String, OpInfo>>,
+        slots: u32,
+    ) -> Self {
         Self {
             id,
             url,
@@ -67,7 +72,10 @@ impl Worker {
     pub fn breadth(&self) -> usize {
         match &self.ops {
             Some(ops) => ops.len(),
-            None => LEGACY_OPS.iter().filter(|op| !self.lacks.contains(**op)).count(),
+            None => LEGACY_OPS
+                .iter()
+                .filter(|op| !self.lacks.contains(**op))
+                .count(),
         }
     }
 

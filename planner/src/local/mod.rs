@@ -64,9 +64,21 @@ struct Flavor {
 
 pub async fn run(args: LocalArgs) -> Result<()> {
     let flavors = [
-        Flavor { name: "general", ops: "add,mul", count: args.general },
-        Flavor { name: "mul", ops: "mul", count: args.mul },
-        Flavor { name: "add", ops: "add", count: args.add },
+        Flavor {
+            name: "general",
+            ops: "add,mul",
+            count: args.general,
+        },
+        Flavor {
+            name: "mul",
+            ops: "mul",
+            count: args.mul,
+        },
+        Flavor {
+            name: "add",
+            ops: "add",
+            count: args.add,
+        },
     ];
     let total_workers: u32 = flavors.iter().map(|f| f.count).sum();
     if total_workers == 0 {
@@ -76,7 +88,10 @@ pub async fn run(args: LocalArgs) -> Result<()> {
         bail!("--tasks: at most 100000 in one local run");
     }
     let worker_bin = process::sibling_binary("worker")?;
-    let run_dir = tempfile::Builder::new().prefix("workers-local-").tempdir()?.keep();
+    let run_dir = tempfile::Builder::new()
+        .prefix("workers-local-")
+        .tempdir()?
+        .keep();
     let client = reqwest::Client::new();
 
     let mut planner_cmd = Command::new(std::env::current_exe()?);
@@ -119,7 +134,10 @@ pub async fn run(args: LocalArgs) -> Result<()> {
     let tasks = crate::random_tasks::generate(args.tasks);
     let started = Instant::now();
     let expected = submit(&client, &planner_url, &tasks).await?;
-    println!("submitted {} tasks to {total_workers} workers", expected.len());
+    println!(
+        "submitted {} tasks to {total_workers} workers",
+        expected.len()
+    );
     if let Some(gap) = args.stagger_ms {
         for (id, ops) in &launches {
             tokio::time::sleep(Duration::from_millis(gap)).await;
@@ -127,7 +145,13 @@ pub async fn run(args: LocalArgs) -> Result<()> {
         }
     }
 
-    let outcome = watch_progress(&client, &planner_url, expected.len(), Duration::from_secs(args.timeout_s)).await;
+    let outcome = watch_progress(
+        &client,
+        &planner_url,
+        expected.len(),
+        Duration::from_secs(args.timeout_s),
+    )
+    .await;
     let report = summary::collect(&client, &planner_url, &expected, started.elapsed()).await;
     if let Ok(report) = &report {
         report.print();
@@ -148,15 +172,31 @@ pub async fn run(args: LocalArgs) -> Result<()> {
     if report.all_correct() {
         Ok(())
     } else {
-        bail!("{} of {} tasks did not succeed with the right result", report.bad(), report.total())
+        bail!(
+            "{} of {} tasks did not succeed with the right result",
+            report.bad(),
+            report.total()
+        )
     }
 }
 
 /// Submits the tasks in one request; returns each id with its expected result.
-async fn submit(client: &reqwest::Client, planner: &str, tasks: &[NewTask]) -> Result<BTreeMap<TaskId, (NewTask, i64)>> {
-    let response = client.post(format!("{planner}/tasks")).json(tasks).send().await?;
+async fn submit(
+    client: &reqwest::Client,
+    planner: &str,
+    tasks: &[NewTask],
+) -> Result<BTreeMap<TaskId, (NewTask, i64)>> {
+    let response = client
+        .post(format!("{planner}/tasks"))
+        .json(tasks)
+        .send()
+        .await?;
     if !response.status().is_success() {
-        bail!("the planner refused the tasks: HTTP {}: {}", response.status(), response.text().await?);
+        bail!(
+            "the planner refused the tasks: HTTP {}: {}",
+            response.status(),
+            response.text().await?
+        );
     }
     let accepted: Accepted = response.json().await?;
     accepted
@@ -168,7 +208,9 @@ async fn submit(client: &reqwest::Client, planner: &str, tasks: &[NewTask]) -> R
 }
 
 fn expected_result(task: &NewTask) -> Result<i64> {
-    let [a, b] = task.args[..] else { bail!("random tasks have two arguments") };
+    let [a, b] = task.args[..] else {
+        bail!("random tasks have two arguments")
+    };
     match task.op.as_str() {
         "add" => a.checked_add(b),
         "mul" => a.checked_mul(b),
@@ -177,7 +219,12 @@ fn expected_result(task: &NewTask) -> Result<i64> {
     .context("random tasks never overflow")
 }
 
-async fn watch_progress(client: &reqwest::Client, planner: &str, total: usize, timeout: Duration) -> Result<()> {
+async fn watch_progress(
+    client: &reqwest::Client,
+    planner: &str,
+    total: usize,
+    timeout: Duration,
+) -> Result<()> {
     let bar = ProgressBar::new(total as u64);
     bar.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} finished  {msg}")
@@ -186,12 +233,22 @@ async fn watch_progress(client: &reqwest::Client, planner: &str, total: usize, t
     );
     let deadline = Instant::now() + timeout;
     loop {
-        let stats: Stats = client.get(format!("{planner}/stats")).send().await?.json().await.context("reading /stats")?;
+        let stats: Stats = client
+            .get(format!("{planner}/stats"))
+            .send()
+            .await?
+            .json()
+            .await
+            .context("reading /stats")?;
         let count = |s: &str| stats.by_status.get(s).copied().unwrap_or(0);
         let finished = count("done") + count("failed") + count("cancelled");
         bar.set_position(finished);
         let workers: u64 = stats.workers_by_flavor.values().sum();
-        bar.set_message(format!("running {}, queued {}, workers {workers}", count("running"), count("queued")));
+        bar.set_message(format!(
+            "running {}, queued {}, workers {workers}",
+            count("running"),
+            count("queued")
+        ));
         if finished as usize >= total {
             bar.finish();
             return Ok(());
@@ -204,4 +261,3 @@ async fn watch_progress(client: &reqwest::Client, planner: &str, total: usize, t
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
-

@@ -22,13 +22,16 @@ impl Service {
     /// Starts `command` (stderr to `log`) and waits for its
     /// `listening on http://ADDR` line.
     pub async fn start(name: &str, mut command: Command, log: &Path) -> Result<Self> {
-        let log_file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let log_file =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file))
             .kill_on_drop(true);
-        let mut child = command.spawn().with_context(|| format!("starting {name}"))?;
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
         let stdout = child.stdout.take().context("no stdout")?;
         let mut lines = BufReader::new(stdout).lines();
         let announced = tokio::time::timeout(Duration::from_secs(30), async {
@@ -43,14 +46,28 @@ impl Service {
         let addr = match announced {
             Ok(Ok(Some(addr))) => addr,
             Ok(Ok(None)) | Ok(Err(_)) => {
-                let status = child.wait().await.map_or_else(|e| e.to_string(), |s| s.to_string());
-                bail!("{name} exited before listening ({status}); last log lines:\n{}", tail(log, 10));
+                let status = child
+                    .wait()
+                    .await
+                    .map_or_else(|e| e.to_string(), |s| s.to_string());
+                bail!(
+                    "{name} exited before listening ({status}); last log lines:\n{}",
+                    tail(log, 10)
+                );
             }
-            Err(_) => bail!("{name} did not start listening within 30 s; log: {}", log.display()),
+            Err(_) => bail!(
+                "{name} did not start listening within 30 s; log: {}",
+                log.display()
+            ),
         };
         // Keep draining stdout so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(Self { name: name.into(), child, addr, log: log.into() })
+        Ok(Self {
+            name: name.into(),
+            child,
+            addr,
+            log: log.into(),
+        })
     }
 
     pub fn url(&self) -> String {
@@ -109,7 +126,10 @@ pub fn tail(path: &Path, n: usize) -> String {
 /// both in the same target directory).
 pub fn sibling_binary(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the running executable")?;
-    let mut dir = exe.parent().context("executable has no directory")?.to_path_buf();
+    let mut dir = exe
+        .parent()
+        .context("executable has no directory")?
+        .to_path_buf();
     // Test executables live one level down, in `deps/`.
     if dir.ends_with("deps") {
         dir.pop();

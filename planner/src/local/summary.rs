@@ -19,8 +19,14 @@ pub async fn collect(
     expected: &BTreeMap<TaskId, (NewTask, i64)>,
     elapsed: Duration,
 ) -> Result<Report> {
-    let workers: Vec<WorkerView> = client.get(format!("{planner}/workers")).send().await?.json().await?;
-    let mut flavor_of: BTreeMap<String, String> = workers.into_iter().map(|w| (w.id, w.flavor)).collect();
+    let workers: Vec<WorkerView> = client
+        .get(format!("{planner}/workers"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let mut flavor_of: BTreeMap<String, String> =
+        workers.into_iter().map(|w| (w.id, w.flavor)).collect();
     let mut tasks = Vec::with_capacity(expected.len());
     for (id, (_, want)) in expected {
         let view: TaskView = client
@@ -32,13 +38,19 @@ pub async fn collect(
             .with_context(|| format!("reading task {id}"))?;
         if let Some(worker) = &view.worker {
             // Workers that already left: their id starts with their flavor.
-            flavor_of
-                .entry(worker.clone())
-                .or_insert_with(|| worker.rsplit_once('-').map_or(worker.clone(), |(f, _)| f.to_string()));
+            flavor_of.entry(worker.clone()).or_insert_with(|| {
+                worker
+                    .rsplit_once('-')
+                    .map_or(worker.clone(), |(f, _)| f.to_string())
+            });
         }
         tasks.push((view, *want));
     }
-    Ok(Report { tasks, flavor_of, elapsed })
+    Ok(Report {
+        tasks,
+        flavor_of,
+        elapsed,
+    })
 }
 
 impl Report {
@@ -51,7 +63,10 @@ impl Report {
     }
 
     pub fn bad(&self) -> usize {
-        self.tasks.iter().filter(|(v, want)| !Self::is_correct(v, *want)).count()
+        self.tasks
+            .iter()
+            .filter(|(v, want)| !Self::is_correct(v, *want))
+            .count()
     }
 
     pub fn all_correct(&self) -> bool {
@@ -67,28 +82,73 @@ impl Report {
         }
         let mut flavors: BTreeMap<String, PerFlavor> = BTreeMap::new();
         for (view, _) in &self.tasks {
-            let (Some(worker), Some(start), Some(end)) = (&view.worker, view.started_at_ms, view.finished_at_ms) else {
+            let (Some(worker), Some(start), Some(end)) =
+                (&view.worker, view.started_at_ms, view.finished_at_ms)
+            else {
                 continue;
             };
-            let flavor = self.flavor_of.get(worker).cloned().unwrap_or_else(|| "?".into());
+            let flavor = self
+                .flavor_of
+                .get(worker)
+                .cloned()
+                .unwrap_or_else(|| "?".into());
             let entry = flavors.entry(flavor).or_default();
             entry.workers.insert(worker.clone());
             entry.done += usize::from(view.status == TaskStatus::Done);
             entry.busy_ms += end.saturating_sub(start);
         }
-        let first = self.tasks.iter().map(|(v, _)| v.submitted_at_ms).min().unwrap_or(0);
-        let last = self.tasks.iter().filter_map(|(v, _)| v.finished_at_ms).max().unwrap_or(first);
+        let first = self
+            .tasks
+            .iter()
+            .map(|(v, _)| v.submitted_at_ms)
+            .min()
+            .unwrap_or(0);
+        let last = self
+            .tasks
+            .iter()
+            .filter_map(|(v, _)| v.finished_at_ms)
+            .max()
+            .unwrap_or(first);
         println!();
-        println!("{:<10} {:>8} {:>11} {:>12}", "flavor", "workers", "tasks done", "busy time");
+        println!(
+            "{:<10} {:>8} {:>11} {:>12}",
+            "flavor", "workers", "tasks done", "busy time"
+        );
         for (name, f) in &flavors {
-            println!("{name:<10} {:>8} {:>11} {:>11.1}s", f.workers.len(), f.done, f.busy_ms as f64 / 1000.0);
+            println!(
+                "{name:<10} {:>8} {:>11} {:>11.1}s",
+                f.workers.len(),
+                f.done,
+                f.busy_ms as f64 / 1000.0
+            );
         }
-        let done = self.tasks.iter().filter(|(v, _)| v.status == TaskStatus::Done).count();
-        let correct = self.tasks.iter().filter(|(v, want)| Self::is_correct(v, *want)).count();
+        let done = self
+            .tasks
+            .iter()
+            .filter(|(v, _)| v.status == TaskStatus::Done)
+            .count();
+        let correct = self
+            .tasks
+            .iter()
+            .filter(|(v, want)| Self::is_correct(v, *want))
+            .count();
         println!();
-        println!("tasks      {} submitted, {done} done, {correct} correct, {} failed or wrong", self.total(), self.bad());
-        println!("makespan   {:.2}s (first submit to last result; wall {:.2}s)", (last - first) as f64 / 1000.0, self.elapsed.as_secs_f64());
-        for (view, want) in self.tasks.iter().filter(|(v, want)| !Self::is_correct(v, *want)).take(10) {
+        println!(
+            "tasks      {} submitted, {done} done, {correct} correct, {} failed or wrong",
+            self.total(),
+            self.bad()
+        );
+        println!(
+            "makespan   {:.2}s (first submit to last result; wall {:.2}s)",
+            (last - first) as f64 / 1000.0,
+            self.elapsed.as_secs_f64()
+        );
+        for (view, want) in self
+            .tasks
+            .iter()
+            .filter(|(v, want)| !Self::is_correct(v, *want))
+            .take(10)
+        {
             println!(
                 "  task {} {}{:?}: {} {:?} (expected {want}){}",
                 view.id,
@@ -96,7 +156,10 @@ impl Report {
                 view.args,
                 view.status.as_str(),
                 view.result,
-                view.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+                view.error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
             );
         }
     }

@@ -57,11 +57,24 @@ pub struct Store {
 }
 
 impl Store {
-    pub fn open(durability: &Durability, recent_finished: usize) -> Result<(Self, Recovered), StoreError> {
+    pub fn open(
+        durability: &Durability,
+        recent_finished: usize,
+    ) -> Result<(Self, Recovered), StoreError> {
         let dir = match durability {
             Durability::Memory => {
-                let store = Self { writer: None, reader: None, thread: Mutex::new(None) };
-                return Ok((store, Recovered { tasks: Vec::new(), next_id: 1 }));
+                let store = Self {
+                    writer: None,
+                    reader: None,
+                    thread: Mutex::new(None),
+                };
+                return Ok((
+                    store,
+                    Recovered {
+                        tasks: Vec::new(),
+                        next_id: 1,
+                    },
+                ));
             }
             Durability::Durable(dir) => dir,
         };
@@ -74,7 +87,11 @@ impl Store {
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || write_loop(conn, rx))?;
-        let store = Self { writer: Some(tx), reader: Some(Mutex::new(reader)), thread: Mutex::new(Some(thread)) };
+        let store = Self {
+            writer: Some(tx),
+            reader: Some(Mutex::new(reader)),
+            thread: Mutex::new(Some(thread)),
+        };
         Ok((store, recovered))
     }
 
@@ -84,12 +101,18 @@ impl Store {
 
     /// Persists new tasks; resolves once they are committed to disk.
     pub async fn insert(&self, tasks: Vec<Task>) -> Result<(), StoreError> {
-        let Some(writer) = &self.writer else { return Ok(()) };
+        let Some(writer) = &self.writer else {
+            return Ok(());
+        };
         let (ack, done) = oneshot::channel();
-        writer.send(Write::Insert(tasks, ack)).map_err(|_| StoreError::Stopped)?;
+        writer
+            .send(Write::Insert(tasks, ack))
+            .map_err(|_| StoreError::Stopped)?;
         match done.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(message)) => Err(StoreError::Db(rusqlite::Error::ToSqlConversionFailure(message.into()))),
+            Ok(Err(message)) => Err(StoreError::Db(rusqlite::Error::ToSqlConversionFailure(
+                message.into(),
+            ))),
             Err(_) => Err(StoreError::Stopped),
         }
     }
@@ -109,7 +132,9 @@ impl Store {
 
     /// A task no longer kept in memory.
     pub fn get(&self, id: TaskId) -> Result<Option<Task>, StoreError> {
-        let Some(reader) = &self.reader else { return Ok(None) };
+        let Some(reader) = &self.reader else {
+            return Ok(None);
+        };
         let conn = reader.lock().unwrap_or_else(|p| p.into_inner());
         Ok(sqlite::get(&conn, id)?)
     }

@@ -51,7 +51,12 @@ pub fn apply(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<()> {
             match write {
                 Write::Insert(tasks, _) => {
                     for t in tasks {
-                        insert.execute(params![t.id as i64, &*t.op, args_json(&t.args), t.submitted_at_ms as i64])?;
+                        insert.execute(params![
+                            t.id as i64,
+                            &*t.op,
+                            args_json(&t.args),
+                            t.submitted_at_ms as i64
+                        ])?;
                     }
                 }
                 Write::Finished(t) => {
@@ -82,11 +87,12 @@ pub fn apply(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<()> {
     tx.commit()
 }
 
-const COLUMNS: &str =
-    "id, op, args, status, result, error, worker, digest, attempts, submitted_at_ms, started_at_ms, finished_at_ms";
+const COLUMNS: &str = "id, op, args, status, result, error, worker, digest, attempts, submitted_at_ms, started_at_ms, finished_at_ms";
 
 pub fn recover(conn: &Connection, recent_finished: usize) -> rusqlite::Result<Recovered> {
-    let next_id = conn.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM tasks", [], |row| row.get::<_, i64>(0))? as u64;
+    let next_id = conn.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM tasks", [], |row| {
+        row.get::<_, i64>(0)
+    })? as u64;
     let mut tasks = Vec::new();
     let mut finished = conn.prepare(&format!(
         "SELECT {COLUMNS} FROM tasks WHERE status NOT IN ('queued', 'running') ORDER BY id DESC LIMIT ?1"
@@ -110,8 +116,12 @@ pub fn recover(conn: &Connection, recent_finished: usize) -> rusqlite::Result<Re
 }
 
 pub fn get(conn: &Connection, id: u64) -> rusqlite::Result<Option<Task>> {
-    conn.query_row(&format!("SELECT {COLUMNS} FROM tasks WHERE id = ?1"), [id as i64], row_to_task)
-        .optional()
+    conn.query_row(
+        &format!("SELECT {COLUMNS} FROM tasks WHERE id = ?1"),
+        [id as i64],
+        row_to_task,
+    )
+    .optional()
 }
 
 fn args_json(args: &[i64]) -> String {
@@ -140,7 +150,9 @@ fn row_to_task(row: &rusqlite::Row<'_>) -> rusqlite::Result<Task> {
     Ok(Task {
         id: row.get::<_, i64>(0)? as u64,
         op: row.get::<_, String>(1)?.into(),
-        args: serde_json::from_str::<Vec<i64>>(&args).unwrap_or_default().into(),
+        args: serde_json::from_str::<Vec<i64>>(&args)
+            .unwrap_or_default()
+            .into(),
         status,
         output,
         worker: worker.map(Into::into),

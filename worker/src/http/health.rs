@@ -12,8 +12,14 @@ pub async fn live() -> Json<Value> {
 /// Not ready while draining, so Kubernetes stops counting the pod in.
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     if state.executor.is_draining() {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "draining"})))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "draining"})),
+        )
     } else {
-        (StatusCode::OK, Json(json!({"status": "ready", "ops": state.executor.catalog.names()})))
+        (
+            StatusCode::OK,
+            Json(json!({"status": "ready", "ops": state.executor.catalog.names()})),
+        )
     }
 }

@@ -10,16 +10,26 @@ use wire::legacy::{Answer, Operands};
 use super::AppState;
 use crate::executor::Refusal;
 
-pub async fn add(state: State<AppState>, body: JsonBody<Operands>) -> Result<Json<Answer>, ApiError> {
+pub async fn add(
+    state: State<AppState>,
+    body: JsonBody<Operands>,
+) -> Result<Json<Answer>, ApiError> {
     run(state, "add", body).await
 }
 
-pub async fn mult(state: State<AppState>, body: JsonBody<Operands>) -> Result<Json<Answer>, ApiError> {
+pub async fn mult(
+    state: State<AppState>,
+    body: JsonBody<Operands>,
+) -> Result<Json<Answer>, ApiError> {
     run(state, "mul", body).await
 }
 
 /// Busy is 403 here, as the exercise's planner expects.
-async fn run(State(state): State<AppState>, op: &str, JsonBody(operands): JsonBody<Operands>) -> Result<Json<Answer>, ApiError> {
+async fn run(
+    State(state): State<AppState>,
+    op: &str,
+    JsonBody(operands): JsonBody<Operands>,
+) -> Result<Json<Answer>, ApiError> {
     let run = state
         .executor
         .run(None, op, vec![operands.a, operands.b])
@@ -30,8 +40,15 @@ async fn run(State(state): State<AppState>, op: &str, JsonBody(operands): JsonBo
         })?;
     let duration = run.elapsed.as_millis() as u64;
     match run.output {
-        Ok(res) => Ok(Json(Answer { res, duration, id: state.id.to_string() })),
-        Err(err) => Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, err.to_string())),
+        Ok(res) => Ok(Json(Answer {
+            res,
+            duration,
+            id: state.id.to_string(),
+        })),
+        Err(err) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            err.to_string(),
+        )),
     }
 }
 

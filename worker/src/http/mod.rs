@@ -33,7 +33,9 @@ pub fn app(state: AppState, token: Token) -> Router {
         .route("/mult", post(legacy::mult))
         .route(
             "/ops/{name}",
-            put(ops::upload).delete(ops::remove).layer(DefaultBodyLimit::max(MAX_MODULE_BYTES)),
+            put(ops::upload)
+                .delete(ops::remove)
+                .layer(DefaultBodyLimit::max(MAX_MODULE_BYTES)),
         )
         .route_layer(axum::middleware::from_fn_with_state(token, require_token));
     Router::new()

@@ -12,13 +12,20 @@ use crate::executor::Refusal;
 
 /// 200 with the result; 422 with the same body when the op (or the sandbox)
 /// failed the task, so a caller can't take an error for a value.
-pub async fn run(State(state): State<AppState>, JsonBody(task): JsonBody<TaskRequest>) -> Result<Response, ApiError> {
+pub async fn run(
+    State(state): State<AppState>,
+    JsonBody(task): JsonBody<TaskRequest>,
+) -> Result<Response, ApiError> {
     let run = state
         .executor
         .run(Some(task.id), &task.op, task.args)
         .await
         .map_err(refusal_to_error)?;
-    let status = if run.output.is_ok() { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
+    let status = if run.output.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
+    };
     let outcome = TaskOutcome {
         output: run.wire_output(),
         op: run.op,

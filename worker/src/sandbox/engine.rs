@@ -35,7 +35,11 @@ impl Sandbox {
     pub fn new(config: SandboxConfig) -> anyhow::Result<Self> {
         let engine = Engine::new(&engine_config(&config))?;
         let ticker = EpochTicker::start(engine.clone());
-        Ok(Self { engine, config, _ticker: Arc::new(ticker) })
+        Ok(Self {
+            engine,
+            config,
+            _ticker: Arc::new(ticker),
+        })
     }
 
     pub fn config(&self) -> SandboxConfig {
@@ -44,7 +48,8 @@ impl Sandbox {
 
     /// Compiles and validates a component; see [`OpModule::load`].
     pub fn load(&self, bytes: &[u8]) -> Result<OpModule, LoadError> {
-        let component = Component::new(&self.engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
         OpModule::load(self, component, bytes)
     }
 
@@ -58,7 +63,10 @@ impl Sandbox {
     pub(super) fn store(&self) -> Store<Limits> {
         let mut store = Store::new(
             &self.engine,
-            Limits { memory_bytes: self.config.memory_bytes, table_elements: 100_000 },
+            Limits {
+                memory_bytes: self.config.memory_bytes,
+                table_elements: 100_000,
+            },
         );
         store.limiter(|limits| limits);
         store.set_epoch_deadline(deadline_ticks(self.config.timeout));
@@ -83,13 +91,16 @@ impl Sandbox {
 
     fn classify(&self, err: wasmtime::Error) -> CallError {
         if let Some(cap) = err.downcast_ref::<MemoryCapHit>() {
-            return CallError::Memory { desired: cap.desired, limit: cap.limit };
+            return CallError::Memory {
+                desired: cap.desired,
+                limit: cap.limit,
+            };
         }
         match err.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => CallError::Deadline(self.config.timeout.as_millis() as u64),
-            Some(Trap::UnreachableCodeReached) => {
-                CallError::Trap("wasm `unreachable` executed (the module panicked or aborted)".into())
-            }
+            Some(Trap::UnreachableCodeReached) => CallError::Trap(
+                "wasm `unreachable` executed (the module panicked or aborted)".into(),
+            ),
             Some(trap) => CallError::Trap(trap.to_string()),
             None => CallError::Host(format!("{err:#}")),
         }

@@ -25,7 +25,10 @@ impl ResourceLimiter for Limits {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         if desired > self.memory_bytes {
-            return Err(wasmtime::Error::new(MemoryCapHit { desired, limit: self.memory_bytes }));
+            return Err(wasmtime::Error::new(MemoryCapHit {
+                desired,
+                limit: self.memory_bytes,
+            }));
         }
         Ok(true)
     }

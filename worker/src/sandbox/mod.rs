@@ -21,7 +21,9 @@ pub enum CallError {
     Op(String),
     #[error("deadline exceeded: the call ran longer than {0} ms (OP_TIMEOUT_MS)")]
     Deadline(u64),
-    #[error("memory limit exceeded: the module tried to grow its memory to {desired} bytes, over the {limit} byte cap (OP_MEMORY_MB)")]
+    #[error(
+        "memory limit exceeded: the module tried to grow its memory to {desired} bytes, over the {limit} byte cap (OP_MEMORY_MB)"
+    )]
     Memory { desired: usize, limit: usize },
     /// Any other trap: a panic (`unreachable`), an out-of-bounds access...
     #[error("the module trapped: {0}")]

@@ -36,7 +36,11 @@ pub struct OpModule {
 impl OpModule {
     /// Checks imports (none allowed) and exports (the contract), pre-instantiates,
     /// and asks the module to describe itself.
-    pub(super) fn load(sandbox: &Sandbox, component: Component, bytes: &[u8]) -> Result<Self, LoadError> {
+    pub(super) fn load(
+        sandbox: &Sandbox,
+        component: Component,
+        bytes: &[u8],
+    ) -> Result<Self, LoadError> {
         let engine = sandbox.engine();
         if let Some((name, _)) = component.component_type().imports(engine).next() {
             return Err(LoadError::ForbiddenImport(name.to_string()));
@@ -45,7 +49,8 @@ impl OpModule {
         let instance_pre = linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::Contract(format!("{e:#}")))?;
-        let pre = OperationPre::new(instance_pre).map_err(|e| LoadError::Contract(format!("{e:#}")))?;
+        let pre =
+            OperationPre::new(instance_pre).map_err(|e| LoadError::Contract(format!("{e:#}")))?;
 
         let mut store = sandbox.store();
         let instance = pre
@@ -68,7 +73,10 @@ impl OpModule {
         if self.name == expected {
             Ok(self)
         } else {
-            Err(LoadError::NameMismatch { expected: expected.into(), actual: self.name })
+            Err(LoadError::NameMismatch {
+                expected: expected.into(),
+                actual: self.name,
+            })
         }
     }
 
