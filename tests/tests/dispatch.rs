@@ -18,10 +18,20 @@ fn mixed_tasks(n: usize) -> serde_json::Value {
 }
 
 #[tokio::test]
-async fn a_hundred_mixed_tasks_complete_and_none_reaches_a_worker_lacking_its_op() -> anyhow::Result<()> {
+async fn a_hundred_mixed_tasks_complete_and_none_reaches_a_worker_lacking_its_op()
+-> anyhow::Result<()> {
     let mut system = System::start(&[]).await?;
-    for (id, ops) in [("general-1", "add,mul"), ("general-2", "add,mul"), ("mul-1", "mul"), ("mul-2", "mul"), ("add-1", "add"), ("add-2", "add")] {
-        system.add_worker(id, &[("OPS", ops), ("WORK_MS", "0-5")]).await?;
+    for (id, ops) in [
+        ("general-1", "add,mul"),
+        ("general-2", "add,mul"),
+        ("mul-1", "mul"),
+        ("mul-2", "mul"),
+        ("add-1", "add"),
+        ("add-2", "add"),
+    ] {
+        system
+            .add_worker(id, &[("OPS", ops), ("WORK_MS", "0-5")])
+            .await?;
     }
     system.wait_for_workers(6).await?;
     let ids = system.submit_ids(&mixed_tasks(100)).await?;
@@ -36,11 +46,18 @@ async fn a_hundred_mixed_tasks_complete_and_none_reaches_a_worker_lacking_its_op
         *per_worker.entry(worker).or_default() += 1;
     }
     let workers = system.workers().await?;
-    assert_eq!(workers.iter().map(|w| w.wrong_op).sum::<u64>(), 0, "no dispatch was answered 'no such op'");
+    assert_eq!(
+        workers.iter().map(|w| w.wrong_op).sum::<u64>(),
+        0,
+        "no dispatch was answered 'no such op'"
+    );
     assert_eq!(workers.iter().map(|w| w.done).sum::<u64>(), 100);
     // Specialists are preferred, so each of them did some work.
     for specialist in ["mul-1", "mul-2", "add-1", "add-2"] {
-        assert!(per_worker.get(specialist).copied().unwrap_or(0) > 0, "{specialist} idle: {per_worker:?}");
+        assert!(
+            per_worker.get(specialist).copied().unwrap_or(0) > 0,
+            "{specialist} idle: {per_worker:?}"
+        );
     }
     Ok(())
 }
@@ -48,12 +65,16 @@ async fn a_hundred_mixed_tasks_complete_and_none_reaches_a_worker_lacking_its_op
 #[tokio::test]
 async fn specialists_take_their_op_before_generalists() -> anyhow::Result<()> {
     let mut system = System::start(&[]).await?;
-    system.add_worker("general-1", &[("OPS", "add,mul")]).await?;
+    system
+        .add_worker("general-1", &[("OPS", "add,mul")])
+        .await?;
     system.add_worker("mul-1", &[("OPS", "mul")]).await?;
     system.wait_for_workers(2).await?;
     // One at a time: an idle specialist must win every mul task.
     for i in 0..5 {
-        let (status, body) = system.post_json("/tasks?wait=true", &json!({"op": "mul", "args": [i, 3]})).await?;
+        let (status, body) = system
+            .post_json("/tasks?wait=true", &json!({"op": "mul", "args": [i, 3]}))
+            .await?;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["worker"], "mul-1", "{body}");
     }
@@ -67,37 +88,82 @@ async fn workers_started_after_tasks_were_submitted_receive_work() -> anyhow::Re
     let queued = system.task(ids[0]).await?;
     assert_eq!(queued.status, TaskStatus::Queued);
     assert!(queued.waiting_for.is_some());
-    system.add_worker("late-1", &[("OPS", "add,mul"), ("SLOTS", "2")]).await?;
-    system.add_worker("late-2", &[("OPS", "add,mul"), ("SLOTS", "2")]).await?;
+    system
+        .add_worker("late-1", &[("OPS", "add,mul"), ("SLOTS", "2")])
+        .await?;
+    system
+        .add_worker("late-2", &[("OPS", "add,mul"), ("SLOTS", "2")])
+        .await?;
     let views = system.wait_final(&ids, Duration::from_secs(30)).await?;
-    assert!(views.iter().all(|v| v.status == TaskStatus::Done && v.result == expected(&v.op, &v.args)));
+    assert!(
+        views
+            .iter()
+            .all(|v| v.status == TaskStatus::Done && v.result == expected(&v.op, &v.args))
+    );
     Ok(())
 }
 
 #[tokio::test]
-async fn a_busy_one_slot_worker_refuses_a_second_task_with_429_and_403_on_legacy_routes() -> anyhow::Result<()> {
+async fn a_busy_one_slot_worker_refuses_a_second_task_with_429_and_403_on_legacy_routes()
+-> anyhow::Result<()> {
     let mut system = System::start(&[]).await?;
-    let url = system.add_worker("slow", &[("WORK_MS", "1500")]).await?.url();
+    let url = system
+        .add_worker("slow", &[("WORK_MS", "1500")])
+        .await?
+        .url();
     let client = reqwest::Client::new();
     let first = {
         let (client, url) = (client.clone(), url.clone());
-        tokio::spawn(async move { client.post(format!("{url}/tasks")).json(&json!({"id": 1, "op": "add", "args": [1, 2]})).send().await })
+        tokio::spawn(async move {
+            client
+                .post(format!("{url}/tasks"))
+                .json(&json!({"id": 1, "op": "add", "args": [1, 2]}))
+                .send()
+                .await
+        })
     };
-    e2e::poll(Duration::from_secs(5), "the first task to occupy the slot", || async {
-        let text = client.get(format!("{url}/")).send().await.ok()?.text().await.ok()?;
-        (!text.starts_with("ready to work")).then_some(())
-    })
+    e2e::poll(
+        Duration::from_secs(5),
+        "the first task to occupy the slot",
+        || async {
+            let text = client
+                .get(format!("{url}/"))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            (!text.starts_with("ready to work")).then_some(())
+        },
+    )
     .await?;
-    let second = client.post(format!("{url}/tasks")).json(&json!({"id": 2, "op": "add", "args": [1, 2]})).send().await?;
+    let second = client
+        .post(format!("{url}/tasks"))
+        .json(&json!({"id": 2, "op": "add", "args": [1, 2]}))
+        .send()
+        .await?;
     assert_eq!(second.status(), 429);
-    assert!(second.json::<serde_json::Value>().await?["error"].as_str().unwrap_or("").contains("busy"));
-    let legacy = client.post(format!("{url}/add")).json(&json!({"a": 1, "b": 2})).send().await?;
+    assert!(
+        second.json::<serde_json::Value>().await?["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("busy")
+    );
+    let legacy = client
+        .post(format!("{url}/add"))
+        .json(&json!({"a": 1, "b": 2}))
+        .send()
+        .await?;
     assert_eq!(legacy.status(), 403);
     let done = first.await??;
     assert_eq!(done.status(), 200);
     let body: serde_json::Value = done.json().await?;
     assert_eq!(body["result"], 3);
     assert_eq!(body["worker"], "slow");
-    assert!(body["duration_ms"].as_f64().unwrap_or(0.0) >= 1500.0, "{body}");
+    assert!(
+        body["duration_ms"].as_f64().unwrap_or(0.0) >= 1500.0,
+        "{body}"
+    );
     Ok(())
 }

@@ -7,10 +7,14 @@ use planner::local::process::Service;
 use serde_json::json;
 
 #[tokio::test]
-async fn a_module_importing_outside_the_contract_is_refused_at_load_naming_the_import() -> anyhow::Result<()> {
+async fn a_module_importing_outside_the_contract_is_refused_at_load_naming_the_import()
+-> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let mut cmd = worker_command()?;
-    cmd.env("PORT", "0").env("OPS", "sneaky").env("OPS_DIR", fixture_dir()).env("PLANNER", "http://127.0.0.1:9");
+    cmd.env("PORT", "0")
+        .env("OPS", "sneaky")
+        .env("OPS_DIR", fixture_dir())
+        .env("PLANNER", "http://127.0.0.1:9");
     let err = match Service::start("sneaky", cmd, &dir.path().join("w.log")).await {
         Ok(_) => panic!("a worker loading a module with a forbidden import must not start"),
         Err(err) => format!("{err:#}"),
@@ -30,22 +34,44 @@ async fn an_unknown_op_stops_the_worker_with_one_clear_line() -> anyhow::Result<
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     let last = stderr.lines().last().unwrap_or("");
-    assert!(last.starts_with("worker: ") && last.contains("op `nope` has no module"), "{stderr}");
+    assert!(
+        last.starts_with("worker: ") && last.contains("op `nope` has no module"),
+        "{stderr}"
+    );
     Ok(())
 }
 
 #[tokio::test]
 async fn a_user_op_from_ops_dir_runs_through_the_planner() -> anyhow::Result<()> {
     let mut system = System::start(&[]).await?;
-    system.add_worker("pow-1", &[("OPS", "pow"), ("OPS_DIR", fixture_dir().to_str().unwrap_or_default())]).await?;
-    let (status, body) = system.post_json("/tasks?wait=true", &json!({"op": "pow", "args": [2, 10]})).await?;
+    system
+        .add_worker(
+            "pow-1",
+            &[
+                ("OPS", "pow"),
+                ("OPS_DIR", fixture_dir().to_str().unwrap_or_default()),
+            ],
+        )
+        .await?;
+    let (status, body) = system
+        .post_json("/tasks?wait=true", &json!({"op": "pow", "args": [2, 10]}))
+        .await?;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["result"], 1024);
     let digest = body["digest"].as_str().unwrap_or("").to_string();
     let bytes = std::fs::read(fixture("pow"))?;
-    assert_eq!(digest, sha256_hex(&bytes), "the digest names the exact module file");
-    let (status, body) = system.post_json("/tasks?wait=true", &json!({"op": "pow", "args": [2, 1, 1]})).await?;
-    assert_eq!(status, 400, "arity is known from the registered module: {body}");
+    assert_eq!(
+        digest,
+        sha256_hex(&bytes),
+        "the digest names the exact module file"
+    );
+    let (status, body) = system
+        .post_json("/tasks?wait=true", &json!({"op": "pow", "args": [2, 1, 1]}))
+        .await?;
+    assert_eq!(
+        status, 400,
+        "arity is known from the registered module: {body}"
+    );
     Ok(())
 }
 
@@ -56,20 +82,47 @@ async fn a_worker_refuses_bad_task_bodies_with_json_errors() -> anyhow::Result<(
     let client = reqwest::Client::new();
     for (what, body, want) in [
         ("malformed", r#"{"id": 1, "op": "add""#, 400),
-        ("wrong type", r#"{"id": "x", "op": "add", "args": [1, 2]}"#, 400),
-        ("unknown op", r#"{"id": 1, "op": "div", "args": [1, 2]}"#, 404),
+        (
+            "wrong type",
+            r#"{"id": "x", "op": "add", "args": [1, 2]}"#,
+            400,
+        ),
+        (
+            "unknown op",
+            r#"{"id": 1, "op": "div", "args": [1, 2]}"#,
+            404,
+        ),
         ("wrong arity", r#"{"id": 1, "op": "add", "args": [1]}"#, 422),
-        ("overflow", r#"{"id": 1, "op": "mul", "args": [9223372036854775807, 2]}"#, 422),
+        (
+            "overflow",
+            r#"{"id": 1, "op": "mul", "args": [9223372036854775807, 2]}"#,
+            422,
+        ),
         ("empty", "", 400),
     ] {
-        let response = client.post(format!("{url}/tasks")).body(body).send().await?;
+        let response = client
+            .post(format!("{url}/tasks"))
+            .body(body)
+            .send()
+            .await?;
         assert_eq!(response.status().as_u16(), want, "{what}");
         let body: serde_json::Value = response.json().await?;
-        assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{what}: {body}");
+        assert!(
+            body["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{what}: {body}"
+        );
     }
-    let legacy = client.post(format!("{url}/add")).body(r#"{"a": 1}"#).send().await?;
+    let legacy = client
+        .post(format!("{url}/add"))
+        .body(r#"{"a": 1}"#)
+        .send()
+        .await?;
     assert_eq!(legacy.status(), 400);
-    tokio::time::timeout(Duration::from_secs(5), client.get(format!("{url}/healthz")).send()).await??;
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        client.get(format!("{url}/healthz")).send(),
+    )
+    .await??;
     Ok(())
 }
 

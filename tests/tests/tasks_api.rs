@@ -24,7 +24,11 @@ async fn curl_style_submission_with_wait_answers_the_result() -> anyhow::Result<
     assert_eq!(body["status"], "done");
     assert_eq!(body["worker"], "w1");
     assert_eq!(body["attempts"], 1);
-    assert_eq!(body["digest"].as_str().map(str::len), Some(64), "sha256 hex of the module: {body}");
+    assert_eq!(
+        body["digest"].as_str().map(str::len),
+        Some(64),
+        "sha256 hex of the module: {body}"
+    );
     Ok(())
 }
 
@@ -32,23 +36,58 @@ async fn curl_style_submission_with_wait_answers_the_result() -> anyhow::Result<
 async fn a_task_is_queryable_listable_and_overflow_fails_it_with_a_reason() -> anyhow::Result<()> {
     let mut system = System::start(&[]).await?;
     system.add_worker("w1", &[]).await?;
-    let (status, body) = system.post_json("/tasks?wait=true", &json!({"op": "add", "args": [i64::MAX, 1]})).await?;
+    let (status, body) = system
+        .post_json(
+            "/tasks?wait=true",
+            &json!({"op": "add", "args": [i64::MAX, 1]}),
+        )
+        .await?;
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["status"], "failed");
-    assert!(body["error"].as_str().unwrap_or("").contains("overflow"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap_or("").contains("overflow"),
+        "{body}"
+    );
 
-    let ids = system.submit_ids(&json!([{"op": "add", "args": [2, 3]}, {"op": "mul", "args": [4, 5]}])).await?;
+    let ids = system
+        .submit_ids(&json!([{"op": "add", "args": [2, 3]}, {"op": "mul", "args": [4, 5]}]))
+        .await?;
     let views = system.wait_final(&ids, Duration::from_secs(20)).await?;
-    assert_eq!(views.iter().map(|v| v.result).collect::<Vec<_>>(), vec![Some(5), Some(20)]);
-    assert!(views.iter().all(|v| v.started_at_ms.is_some() && v.finished_at_ms >= v.started_at_ms));
+    assert_eq!(
+        views.iter().map(|v| v.result).collect::<Vec<_>>(),
+        vec![Some(5), Some(20)]
+    );
+    assert!(
+        views
+            .iter()
+            .all(|v| v.started_at_ms.is_some() && v.finished_at_ms >= v.started_at_ms)
+    );
 
-    let list: Vec<Value> = system.client.get(system.url("/tasks?status=done&op=mul&limit=5")).send().await?.json().await?;
+    let list: Vec<Value> = system
+        .client
+        .get(system.url("/tasks?status=done&op=mul&limit=5"))
+        .send()
+        .await?
+        .json()
+        .await?;
     assert_eq!(list.len(), 1);
     assert_eq!(list[0]["result"], 20);
-    let failed: Vec<Value> = system.client.get(system.url("/tasks?status=failed")).send().await?.json().await?;
+    let failed: Vec<Value> = system
+        .client
+        .get(system.url("/tasks?status=failed"))
+        .send()
+        .await?
+        .json()
+        .await?;
     assert_eq!(failed.len(), 1);
 
-    let stats: Value = system.client.get(system.url("/stats")).send().await?.json().await?;
+    let stats: Value = system
+        .client
+        .get(system.url("/stats"))
+        .send()
+        .await?
+        .json()
+        .await?;
     assert_eq!(stats["by_status"]["done"], 2, "{stats}");
     assert_eq!(stats["by_status"]["failed"], 1, "{stats}");
     assert_eq!(stats["workers_by_flavor"]["general"], 1, "{stats}");
@@ -60,17 +99,34 @@ async fn a_task_no_worker_offers_waits_with_a_reason_and_can_be_cancelled() -> a
     let mut system = System::start(&[]).await?;
     system.add_worker("adder", &[("OPS", "add")]).await?;
     system.wait_for_workers(1).await?;
-    let ids = system.submit_ids(&json!({"op": "mul", "args": [2, 3]})).await?;
+    let ids = system
+        .submit_ids(&json!({"op": "mul", "args": [2, 3]}))
+        .await?;
     let view = system.task(ids[0]).await?;
     assert_eq!(view.status, TaskStatus::Queued);
-    assert_eq!(view.waiting_for.as_deref(), Some("no live worker offers op `mul`"));
+    assert_eq!(
+        view.waiting_for.as_deref(),
+        Some("no live worker offers op `mul`")
+    );
 
-    let cancelled = system.client.delete(system.url(&format!("/tasks/{}", ids[0]))).send().await?;
+    let cancelled = system
+        .client
+        .delete(system.url(&format!("/tasks/{}", ids[0])))
+        .send()
+        .await?;
     assert_eq!(cancelled.status(), 200);
     assert_eq!(system.task(ids[0]).await?.status, TaskStatus::Cancelled);
-    let again = system.client.delete(system.url(&format!("/tasks/{}", ids[0]))).send().await?;
+    let again = system
+        .client
+        .delete(system.url(&format!("/tasks/{}", ids[0])))
+        .send()
+        .await?;
     assert_eq!(again.status(), 409);
-    let missing = system.client.delete(system.url("/tasks/999999")).send().await?;
+    let missing = system
+        .client
+        .delete(system.url("/tasks/999999"))
+        .send()
+        .await?;
     assert_eq!(missing.status(), 404);
     let body: Value = missing.json().await?;
     assert!(body["error"].is_string());
@@ -80,7 +136,9 @@ async fn a_task_no_worker_offers_waits_with_a_reason_and_can_be_cancelled() -> a
 #[tokio::test]
 async fn random_tasks_come_from_startup_and_from_the_api() -> anyhow::Result<()> {
     let mut system = System::start(&[("TASKS", "7")]).await?;
-    let (status, body) = system.post_json("/tasks/random?count=5", &json!(null)).await?;
+    let (status, body) = system
+        .post_json("/tasks/random?count=5", &json!(null))
+        .await?;
     assert_eq!(status, 202, "{body}");
     system.add_worker("w1", &[("SLOTS", "4")]).await?;
     let ids: Vec<u64> = (1..=12).collect();
@@ -100,26 +158,62 @@ async fn bad_submissions_get_4xx_json_errors_and_nothing_is_queued() -> anyhow::
     system.wait_for_workers(1).await?;
     let cases: Vec<(&str, &str, Option<&str>, u16)> = vec![
         ("malformed JSON", r#"{"op": "add", "args": [1,"#, None, 400),
-        ("wrong type", r#"{"op": "add", "args": ["1", 2]}"#, None, 400),
-        ("number out of i64 range", r#"{"op": "add", "args": [99999999999999999999, 2]}"#, None, 400),
-        ("unknown field", r#"{"op": "add", "args": [1, 2], "x": 1}"#, None, 400),
-        ("invalid op name", r#"{"op": "../etc", "args": [1, 2]}"#, None, 400),
-        ("wrong arity for a known op", r#"{"op": "add", "args": [1, 2, 3]}"#, None, 400),
+        (
+            "wrong type",
+            r#"{"op": "add", "args": ["1", 2]}"#,
+            None,
+            400,
+        ),
+        (
+            "number out of i64 range",
+            r#"{"op": "add", "args": [99999999999999999999, 2]}"#,
+            None,
+            400,
+        ),
+        (
+            "unknown field",
+            r#"{"op": "add", "args": [1, 2], "x": 1}"#,
+            None,
+            400,
+        ),
+        (
+            "invalid op name",
+            r#"{"op": "../etc", "args": [1, 2]}"#,
+            None,
+            400,
+        ),
+        (
+            "wrong arity for a known op",
+            r#"{"op": "add", "args": [1, 2, 3]}"#,
+            None,
+            400,
+        ),
         ("empty body", "", None, 400),
         ("empty batch", "[]", None, 400),
         ("not an object", "42", None, 400),
-        ("wrong content type", r#"{"op": "add", "args": [1, 2]}"#, Some("text/xml"), 415),
+        (
+            "wrong content type",
+            r#"{"op": "add", "args": [1, 2]}"#,
+            Some("text/xml"),
+            415,
+        ),
         ("invalid UTF-8", "\u{0}", None, 400),
     ];
     for (what, body, content_type, want) in cases {
-        let mut request = system.client.post(system.url("/tasks")).body(body.to_string());
+        let mut request = system
+            .client
+            .post(system.url("/tasks"))
+            .body(body.to_string());
         if let Some(ct) = content_type {
             request = request.header("content-type", ct);
         }
         let response = request.send().await?;
         assert_eq!(response.status().as_u16(), want, "{what}");
         let body: Value = response.json().await?;
-        assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{what}: {body}");
+        assert!(
+            body["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{what}: {body}"
+        );
     }
     let bytes = system
         .client
@@ -129,9 +223,17 @@ async fn bad_submissions_get_4xx_json_errors_and_nothing_is_queued() -> anyhow::
         .await?;
     assert_eq!(bytes.status(), 400);
     // Its own connection: the server closes it after refusing the body.
-    let huge = reqwest::Client::new().post(system.url("/tasks")).body(vec![b' '; 9 << 20]).send().await?;
+    let huge = reqwest::Client::new()
+        .post(system.url("/tasks"))
+        .body(vec![b' '; 9 << 20])
+        .send()
+        .await?;
     assert_eq!(huge.status(), 413);
-    let bad_query = system.client.get(system.url("/tasks?status=sleeping")).send().await?;
+    let bad_query = system
+        .client
+        .get(system.url("/tasks?status=sleeping"))
+        .send()
+        .await?;
     assert_eq!(bad_query.status(), 400);
     assert!(bad_query.json::<Value>().await?["error"].is_string());
     let bad_path = system.client.get(system.url("/tasks/abc")).send().await?;
@@ -140,8 +242,18 @@ async fn bad_submissions_get_4xx_json_errors_and_nothing_is_queued() -> anyhow::
     assert_eq!(no_route.status(), 404);
     assert!(no_route.json::<Value>().await?["error"].is_string());
 
-    let stats: Value = system.client.get(system.url("/stats")).send().await?.json().await?;
-    assert_eq!(stats["by_status"].as_object().map(|m| m.len()), Some(0), "nothing was accepted: {stats}");
+    let stats: Value = system
+        .client
+        .get(system.url("/stats"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(
+        stats["by_status"].as_object().map(|m| m.len()),
+        Some(0),
+        "nothing was accepted: {stats}"
+    );
     Ok(())
 }
 
@@ -152,7 +264,13 @@ async fn health_and_readiness_answer() -> anyhow::Result<()> {
         let response = system.client.get(system.url(path)).send().await?;
         assert_eq!(response.status(), 200, "{path}");
     }
-    let ready: Value = system.client.get(system.url("/readyz")).send().await?.json().await?;
+    let ready: Value = system
+        .client
+        .get(system.url("/readyz"))
+        .send()
+        .await?
+        .json()
+        .await?;
     assert_eq!(ready["durable"], true, "durable is the default");
     poll(Duration::from_secs(1), "nothing", || async { Some(()) }).await?;
     Ok(())

@@ -33,8 +33,15 @@ impl Guest {
             .with_context(|| format!("reading {}", manifest.display()))?;
         let package = package_name(&text)
             .with_context(|| format!("no `name = ...` in [package] of {}", manifest.display()))?;
-        let op = package.strip_prefix("op-").unwrap_or(&package).replace('-', "_");
-        Ok(Self { manifest, package, op })
+        let op = package
+            .strip_prefix("op-")
+            .unwrap_or(&package)
+            .replace('-', "_");
+        Ok(Self {
+            manifest,
+            package,
+            op,
+        })
     }
 }
 
@@ -116,7 +123,10 @@ fn compile(guest: &Guest, target_dir: &Path) -> Result<()> {
         .status()
         .with_context(|| format!("running cargo to build {}", guest.package))?;
     if !status.success() {
-        bail!("cargo build of {} for {WASM_TARGET} failed ({status})", guest.package);
+        bail!(
+            "cargo build of {} for {WASM_TARGET} failed ({status})",
+            guest.package
+        );
     }
     Ok(())
 }
@@ -130,7 +140,11 @@ fn ensure_target_installed() -> Result<()> {
         .output()
         .context("running rustc --print sysroot")?;
     let sysroot = String::from_utf8_lossy(&sysroot.stdout).trim().to_string();
-    if Path::new(&sysroot).join("lib/rustlib").join(WASM_TARGET).exists() {
+    if Path::new(&sysroot)
+        .join("lib/rustlib")
+        .join(WASM_TARGET)
+        .exists()
+    {
         return Ok(());
     }
     let status = Command::new("rustup")
@@ -156,7 +170,8 @@ mod tests {
 
     #[test]
     fn package_name_is_read_from_the_package_table_only() {
-        let manifest = "[workspace]\nname = \"no\"\n[package]\nname = \"op-pow\"\nversion = \"1\"\n";
+        let manifest =
+            "[workspace]\nname = \"no\"\n[package]\nname = \"op-pow\"\nversion = \"1\"\n";
         assert_eq!(package_name(manifest).as_deref(), Some("op-pow"));
         assert_eq!(package_name("[dependencies]\nname = \"x\"\n"), None);
     }

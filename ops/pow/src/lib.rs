@@ -18,9 +18,15 @@ impl Guest for Pow {
         let [base, exp] = args[..] else {
             return Err(format!("pow takes 2 arguments, got {}", args.len()));
         };
-        let exp = u32::try_from(exp).map_err(|_| format!("pow needs an exponent between 0 and {}, got {exp}", u32::MAX))?;
-        base.checked_pow(exp)
-            .ok_or_else(|| format!("overflow: {base}^{exp} does not fit in a signed 64-bit integer"))
+        let exp = u32::try_from(exp).map_err(|_| {
+            format!(
+                "pow needs an exponent between 0 and {}, got {exp}",
+                u32::MAX
+            )
+        })?;
+        base.checked_pow(exp).ok_or_else(|| {
+            format!("overflow: {base}^{exp} does not fit in a signed 64-bit integer")
+        })
     }
 }
 
