@@ -15,6 +15,8 @@ use tokio::process::Command;
 use wire::TaskId;
 use wire::planner::{TaskView, WorkerView};
 
+pub mod chart;
+
 /// A component built from `tests/fixtures/ops` or `ops/` by `build.rs`.
 pub fn fixture(op: &str) -> PathBuf {
     Path::new(env!("FIXTURE_OPS_DIR")).join(format!("{op}.wasm"))
