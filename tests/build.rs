@@ -12,7 +12,11 @@ fn main() -> anyhow::Result<()> {
     }
     .join("wasm-ops");
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?).join("fixture-ops");
-    let mut crates = vec![root.join("ops/pow")];
+    let mut crates = vec![
+        root.join("ops/add"),
+        root.join("ops/mul"),
+        root.join("ops/pow"),
+    ];
     for fixture in ["spin", "hog", "crash", "mul-v2", "sneaky"] {
         crates.push(manifest_dir.join("fixtures/ops").join(fixture));
     }

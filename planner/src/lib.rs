@@ -7,8 +7,10 @@ pub mod config;
 pub mod dispatch;
 pub mod latency;
 pub mod local;
+pub mod modules;
 pub mod planner;
 pub mod random_tasks;
+pub mod rollout;
 pub mod store;
 pub mod task;
 
@@ -20,7 +22,9 @@ use serve::auth::Token;
 use crate::board::Board;
 use crate::config::ServeConfig;
 use crate::dispatch::Dispatcher;
-use crate::planner::{Limits, Planner};
+use crate::modules::Modules;
+use crate::planner::{Limits, Parts, Planner};
+use crate::rollout::Pusher;
 use crate::store::{Durability, Store};
 
 pub async fn serve(config: ServeConfig) -> Result<()> {
@@ -52,7 +56,20 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
         queue: config.queue_limit,
         heartbeat_timeout: Duration::from_millis(config.heartbeat_timeout_ms),
     };
-    let planner = Planner::new(board, store, dispatcher, recovered.next_id, limits);
+    let modules = Modules::open(match &durability {
+        Durability::Durable(dir) => Some(dir.join("modules")),
+        Durability::Memory => None,
+    })
+    .context("loading stored modules")?;
+    let planner = Planner::new(Parts {
+        board,
+        store,
+        dispatcher,
+        next_id: recovered.next_id,
+        limits,
+        modules,
+        pusher: Pusher::new(token.clone())?,
+    });
     tokio::spawn(planner.clone().reap_forever());
     if config.tasks > 0 {
         let (ids, _) = planner

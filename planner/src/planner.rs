@@ -12,10 +12,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 use wire::TaskId;
-use wire::planner::{NewTask, Registration, TaskView};
+use wire::planner::{NewTask, OpRollout, Registration, RolloutReport, TaskView};
 
 use crate::board::{Assignment, Board, CancelError, Effects};
 use crate::dispatch::Dispatcher;
+use crate::modules::{Module, Modules};
+use crate::rollout::{PushError, Pusher};
 use crate::store::{Store, StoreError};
 use crate::task::Task;
 
@@ -32,6 +34,16 @@ pub enum SubmitError {
     Store(#[from] StoreError),
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum ModuleError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("worker {worker} refused the module: {error}")]
+    Refused { worker: String, error: String },
+    #[error("could not store the module: {0:#}")]
+    Store(anyhow::Error),
+}
+
 pub struct Limits {
     pub queue: usize,
     pub heartbeat_timeout: Duration,
@@ -45,20 +57,38 @@ pub struct Planner {
     waiters: Mutex<HashMap<TaskId, Vec<oneshot::Sender<TaskView>>>>,
     limits: Limits,
     gaps: crate::latency::Recorder,
+    modules: Modules,
+    pusher: Pusher,
+}
+
+/// What a planner is made of, for [`Planner::new`].
+pub struct Parts {
+    pub board: Board,
+    pub store: Store,
+    pub dispatcher: Dispatcher,
+    pub next_id: TaskId,
+    pub limits: Limits,
+    pub modules: Modules,
+    pub pusher: Pusher,
 }
 
 impl Planner {
-    pub fn new(
-        board: Board,
-        store: Store,
-        dispatcher: Dispatcher,
-        next_id: TaskId,
-        limits: Limits,
-    ) -> Arc<Self> {
+    pub fn new(parts: Parts) -> Arc<Self> {
+        let Parts {
+            board,
+            store,
+            dispatcher,
+            next_id,
+            limits,
+            modules,
+            pusher,
+        } = parts;
         Arc::new(Self {
             board: Mutex::new(board),
             store,
             dispatcher,
+            modules,
+            pusher,
             next_id: AtomicU64::new(next_id),
             waiters: Mutex::new(HashMap::new()),
             limits,
@@ -226,8 +256,112 @@ impl Planner {
     pub fn register(self: &Arc<Self>, registration: Registration) {
         tracing::info!(worker = %registration.id, url = %registration.url, slots = registration.slots,
             ops = ?registration.ops.iter().map(|o| o.name.as_str()).collect::<Vec<_>>(), "worker registered");
+        let (id, url) = (registration.id.clone(), registration.url.clone());
+        let stale: Vec<Arc<Module>> = registration
+            .ops
+            .iter()
+            .filter_map(|info| {
+                self.modules
+                    .get(&info.name)
+                    .filter(|m| m.digest != info.digest)
+            })
+            .collect();
         self.board().register(registration);
         self.pump();
+        // A worker that joins (or comes back) with an older version of an op
+        // the fleet was moved on from gets the current one.
+        for module in stale {
+            let planner = self.clone();
+            let (id, url) = (id.clone(), url.clone());
+            tokio::spawn(async move {
+                match planner.pusher.push(&url, &module).await {
+                    Ok(_) => {
+                        tracing::info!(worker = %id, op = %module.name, digest = %module.digest, "brought worker up to date")
+                    }
+                    Err(err) => {
+                        tracing::warn!(worker = %id, op = %module.name, error = %err, "could not bring worker up to date")
+                    }
+                }
+            });
+        }
+    }
+
+    /// Makes `bytes` the fleet's module for `name`: checked on one worker
+    /// first (a module every worker would refuse is refused here, and nothing
+    /// changes), stored, then pushed to every worker offering the op.
+    pub async fn put_module(
+        &self,
+        name: &str,
+        bytes: axum::body::Bytes,
+    ) -> Result<RolloutReport, ModuleError> {
+        if !wire::is_valid_op_name(name) {
+            return Err(ModuleError::Invalid(format!("invalid op name `{name}`")));
+        }
+        Modules::check(&bytes).map_err(ModuleError::Invalid)?;
+        let module = Modules::prepare(name, bytes);
+        let targets = self.board().module_targets(name);
+        let mut reports = Vec::new();
+        let mut rest = targets.into_iter();
+        // The first worker that answers decides whether the module is good.
+        for (id, url) in rest.by_ref() {
+            let outcome = self.pusher.push(&url, &module).await;
+            match &outcome {
+                Err(PushError::Refused(error)) => {
+                    return Err(ModuleError::Refused {
+                        worker: id,
+                        error: error.clone(),
+                    });
+                }
+                Err(PushError::Failed(_)) => reports.push(crate::rollout::report(&id, &outcome)),
+                Ok(_) => {
+                    reports.push(crate::rollout::report(&id, &outcome));
+                    break;
+                }
+            }
+        }
+        let module = self.modules.put(module).map_err(ModuleError::Store)?;
+        let pushes: Vec<_> = rest
+            .map(|(id, url)| {
+                let (pusher, module) = (&self.pusher, module.clone());
+                async move {
+                    let outcome = pusher.push(&url, &module).await;
+                    crate::rollout::report(&id, &outcome)
+                }
+            })
+            .collect();
+        reports.extend(futures_util::future::join_all(pushes).await);
+        tracing::info!(op = name, digest = %module.digest, workers = reports.len(), "module rolled out");
+        Ok(RolloutReport {
+            op: name.to_string(),
+            digest: module.digest.clone(),
+            workers: reports,
+        })
+    }
+
+    /// Per op: the fleet's current module and which worker runs which digest.
+    pub fn rollouts(&self) -> Vec<OpRollout> {
+        let digests = self.board().digests();
+        let mut names: std::collections::BTreeSet<String> = digests.keys().cloned().collect();
+        names.extend(self.modules.all().iter().map(|m| m.name.clone()));
+        names
+            .into_iter()
+            .map(|name| {
+                let workers = digests.get(&name).cloned().unwrap_or_default();
+                let current = self.modules.get(&name);
+                let up_to_date = workers
+                    .values()
+                    .filter(|d| current.as_ref().is_none_or(|m| &m.digest == *d))
+                    .count() as u32;
+                OpRollout {
+                    behind: workers.len() as u32 - up_to_date,
+                    up_to_date,
+                    digest: current.as_ref().map(|m| m.digest.clone()),
+                    stored_at_ms: current.as_ref().map(|m| m.stored_at_ms),
+                    name,
+                    workers,
+                }
+            })
+            .collect()
     }
 
     pub fn register_legacy(self: &Arc<Self>, id: String, url: String) {

@@ -187,3 +187,39 @@ pub struct Percentiles {
     pub p99: u64,
     pub max: u64,
 }
+
+/// One op on the planner's `GET /ops`: the current module (if one was put
+/// through the planner) and which worker runs which version.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OpRollout {
+    pub name: String,
+    /// The digest the fleet should run, if a module was put through the planner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_at_ms: Option<u64>,
+    /// Worker id → the digest it runs.
+    pub workers: std::collections::BTreeMap<String, String>,
+    /// Workers running `digest` (all of them when no digest is set).
+    pub up_to_date: u32,
+    pub behind: u32,
+}
+
+/// The answer to the planner's `PUT /ops/{name}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RolloutReport {
+    pub op: String,
+    pub digest: String,
+    pub workers: Vec<WorkerPush>,
+}
+
+/// How one worker took a module.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WorkerPush {
+    pub id: String,
+    /// When the worker had swapped to it (its clock, unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledged_at_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}

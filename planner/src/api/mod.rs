@@ -3,6 +3,7 @@
 
 mod health;
 mod legacy;
+mod ops;
 mod tasks;
 mod workers;
 
@@ -10,7 +11,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use serve::auth::{Token, require_token};
 
 use crate::planner::Planner;
@@ -18,6 +19,8 @@ use crate::planner::Planner;
 /// A batch of 100,000 tasks fits; a multi-megabyte body beyond is refused.
 const MAX_SUBMISSION_BYTES: usize = 8 << 20;
 const MAX_BODY_BYTES: usize = 64 << 10;
+/// Same bound as the worker's.
+const MAX_MODULE_BYTES: usize = 8 << 20;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -45,6 +48,10 @@ pub fn app(state: AppState, auth: AuthPolicy) -> Router {
         .route("/workers/{id}", delete(workers::deregister))
         .route("/workers/{id}/heartbeat", post(workers::heartbeat))
         .route("/register", post(legacy::register))
+        .route(
+            "/ops/{name}",
+            put(ops::put).layer(DefaultBodyLimit::max(MAX_MODULE_BYTES)),
+        )
         .route_layer(guard());
     let submit_routes = Router::new()
         .route(
@@ -59,6 +66,7 @@ pub fn app(state: AppState, auth: AuthPolicy) -> Router {
         .route("/tasks", get(tasks::list))
         .route("/tasks/{id}", get(tasks::get))
         .route("/workers", get(workers::list))
+        .route("/ops", get(ops::list))
         .route("/stats", get(health::stats))
         .route("/healthz", get(health::live))
         .route("/readyz", get(health::ready))

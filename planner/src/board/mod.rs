@@ -506,3 +506,28 @@ impl Board {
             .find_map(|w| w.ops.as_ref()?.get(op).map(|info| info.arity))
     }
 }
+
+impl Board {
+    /// Workers (id, url) that offer `op` and can take a module push.
+    pub fn module_targets(&self, op: &str) -> Vec<(String, String)> {
+        self.workers
+            .values()
+            .filter(|w| !w.leaving && w.digest_of(op).is_some())
+            .map(|w| (w.id.to_string(), w.url.to_string()))
+            .collect()
+    }
+
+    /// Op → worker id → the digest it runs.
+    pub fn digests(&self) -> BTreeMap<String, BTreeMap<String, String>> {
+        let mut digests: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        for worker in self.workers.values() {
+            for info in worker.ops.iter().flat_map(|ops| ops.values()) {
+                digests
+                    .entry(info.name.clone())
+                    .or_default()
+                    .insert(worker.id.to_string(), info.digest.clone());
+            }
+        }
+        digests
+    }
+}
