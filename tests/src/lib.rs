@@ -69,8 +69,17 @@ impl System {
     pub async fn start(env: &[(&str, &str)]) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("e2e-").tempdir()?;
         let planner = start_planner(dir.path(), env).await?;
-        let token = env.iter().find(|(k, _)| *k == "TOKEN").map(|(_, v)| v.to_string());
-        Ok(Self { dir, planner, workers: Vec::new(), client: reqwest::Client::new(), token })
+        let token = env
+            .iter()
+            .find(|(k, _)| *k == "TOKEN")
+            .map(|(_, v)| v.to_string());
+        Ok(Self {
+            dir,
+            planner,
+            workers: Vec::new(),
+            client: reqwest::Client::new(),
+            token,
+        })
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -107,22 +116,36 @@ impl System {
     }
 
     pub fn worker(&self, id: &str) -> &Service {
-        self.workers.iter().find(|w| w.name == id).expect("no such worker in this system")
+        self.workers
+            .iter()
+            .find(|w| w.name == id)
+            .expect("no such worker in this system")
     }
 
     pub fn worker_mut(&mut self, id: &str) -> &mut Service {
-        self.workers.iter_mut().find(|w| w.name == id).expect("no such worker in this system")
+        self.workers
+            .iter_mut()
+            .find(|w| w.name == id)
+            .expect("no such worker in this system")
     }
 
     pub async fn workers(&self) -> Result<Vec<WorkerView>> {
-        Ok(self.client.get(self.url("/workers")).send().await?.json().await?)
+        Ok(self
+            .client
+            .get(self.url("/workers"))
+            .send()
+            .await?
+            .json()
+            .await?)
     }
 
     /// Waits until the planner lists exactly `n` workers.
     pub async fn wait_for_workers(&self, n: usize) -> Result<Vec<WorkerView>> {
-        poll(Duration::from_secs(20), &format!("{n} registered workers"), || async {
-            self.workers().await.ok().filter(|w| w.len() == n)
-        })
+        poll(
+            Duration::from_secs(20),
+            &format!("{n} registered workers"),
+            || async { self.workers().await.ok().filter(|w| w.len() == n) },
+        )
         .await
     }
 
@@ -147,7 +170,11 @@ impl System {
     }
 
     pub async fn task(&self, id: TaskId) -> Result<TaskView> {
-        let response = self.client.get(self.url(&format!("/tasks/{id}"))).send().await?;
+        let response = self
+            .client
+            .get(self.url(&format!("/tasks/{id}")))
+            .send()
+            .await?;
         if !response.status().is_success() {
             bail!("GET /tasks/{id}: {}", response.status());
         }
@@ -179,7 +206,10 @@ async fn start_planner(dir: &Path, env: &[(&str, &str)]) -> Result<Service> {
     for (key, value) in env {
         cmd.env(key, value);
     }
-    let log = dir.join(format!("planner-{}.log", std::process::id() as u64 * 1000 + next_seq()));
+    let log = dir.join(format!(
+        "planner-{}.log",
+        std::process::id() as u64 * 1000 + next_seq()
+    ));
     Service::start("planner", cmd, &log).await
 }
 
