@@ -200,3 +200,13 @@ comma-separated.
 {{- end }}
 {{- $ops | uniq | sortAlpha | join "," }}
 {{- end }}
+
+{{/*
+LOG_FORMAT and LOG, the same for every container.
+*/}}
+{{- define "task-system.loggingEnv" -}}
+- name: LOG_FORMAT
+  value: {{ .Values.logging.format | quote }}
+- name: LOG
+  value: {{ .Values.logging.level | quote }}
+{{- end }}

@@ -603,6 +603,18 @@ fn values_reach_the_containers_environment() -> Result<()> {
             "9000",
         ),
         (
+            &["--set", "logging.format=text"],
+            "workers-general",
+            "LOG_FORMAT",
+            "text",
+        ),
+        (
+            &["--set", "logging.level=debug"],
+            "workers-planner",
+            "LOG",
+            "debug",
+        ),
+        (
             &["--set", "modules.mountPath=/modules"],
             "workers-general",
             "OPS_DIR",
