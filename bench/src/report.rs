@@ -1,0 +1,302 @@
+//! The figures, checked against the issue's targets, as a table.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::Plan;
+use crate::ceiling::Ceiling;
+use crate::e2e::{Gap, Latency, Throughput};
+use crate::machine::Machine;
+use crate::memory::PlannerMemory;
+use crate::wasm::WasmCost;
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Figures {
+    pub ceiling: Ceiling,
+    pub throughput: Throughput,
+    pub latency: Latency,
+    pub gap: Gap,
+    pub wasm: WasmCost,
+    pub worker_idle_rss_kib: u64,
+    pub planner_memory: PlannerMemory,
+    pub wall_secs: f64,
+}
+
+/// Latencies in µs, 3 significant digits, up to an hour.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static histogram bounds are valid")
+}
+
+pub fn micros(elapsed: Duration) -> u64 {
+    (elapsed.as_micros() as u64).max(1)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Miss,
+    /// A figure the targets are relative to, or given for context.
+    Info,
+}
+
+impl Verdict {
+    fn of(pass: bool) -> Self {
+        if pass { Self::Pass } else { Self::Miss }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Pass => "pass",
+            Self::Miss => "MISS",
+            Self::Info => "",
+        }
+    }
+}
+
+pub struct Row {
+    pub part: &'static str,
+    pub figure: String,
+    pub value: String,
+    pub target: &'static str,
+    pub verdict: Verdict,
+}
+
+fn row(
+    part: &'static str,
+    figure: impl Into<String>,
+    value: String,
+    target: &'static str,
+    verdict: Verdict,
+) -> Row {
+    Row {
+        part,
+        figure: figure.into(),
+        value,
+        target,
+        verdict,
+    }
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+pub fn rows(f: &Figures) -> Vec<Row> {
+    let c = &f.ceiling;
+    let t = &f.throughput;
+    let ratio = if c.round_trips_per_s > 0.0 {
+        t.tasks_per_s / c.round_trips_per_s
+    } else {
+        0.0
+    };
+    let m = &f.planner_memory;
+    vec![
+        row(
+            "1",
+            format!(
+                "ceiling: trivial axum handler, reqwest keep-alive, {} concurrent",
+                c.concurrency
+            ),
+            format!("{:.0} req/s", c.round_trips_per_s),
+            "",
+            Verdict::Info,
+        ),
+        row(
+            "1",
+            "  CPU per round trip: server / client",
+            format!("{:.0} / {:.0} µs", c.server_cpu_us, c.client_cpu_us),
+            "",
+            Verdict::Info,
+        ),
+        row(
+            "1",
+            "ceiling: one request at a time, p50 / p99",
+            format!("{:.0} / {:.0} µs", c.sequential_p50_us, c.sequential_p99_us),
+            "",
+            Verdict::Info,
+        ),
+        row(
+            "2",
+            format!(
+                "end-to-end: {} tasks, {} workers × {} slots, durable planner",
+                t.tasks, t.workers, t.slots
+            ),
+            format!("{:.0} tasks/s", t.tasks_per_s),
+            "",
+            Verdict::Info,
+        ),
+        row(
+            "2",
+            "  CPU per task: planner / workers / bench client",
+            format!(
+                "{:.0} / {:.0} / {:.0} µs",
+                t.planner_cpu_us, t.workers_cpu_us, t.client_cpu_us
+            ),
+            "",
+            Verdict::Info,
+        ),
+        row(
+            "2",
+            "end-to-end ÷ ceiling",
+            format!("{:.0} %", ratio * 100.0),
+            "≥ 50 %",
+            Verdict::of(ratio >= 0.5),
+        ),
+        row(
+            "3",
+            "single task, ?wait=true, p50",
+            format!("{:.0} µs", f.latency.p50_us),
+            "< 1000 µs",
+            Verdict::of(f.latency.p50_us < 1000.0),
+        ),
+        row(
+            "3",
+            "single task, ?wait=true, p99",
+            format!("{:.0} µs", f.latency.p99_us),
+            "",
+            Verdict::Info,
+        ),
+        row(
+            "4",
+            format!(
+                "dispatch gap p50 ({} dispatches, planner's /stats)",
+                f.gap.count
+            ),
+            format!("{:.0} µs", f.gap.p50_us),
+            "",
+            Verdict::Info,
+        ),
+        row(
+            "4",
+            "dispatch gap p99",
+            format!("{:.0} µs", f.gap.p99_us),
+            "< 1000 µs",
+            Verdict::of(f.gap.p99_us < 1000.0),
+        ),
+        row(
+            "5",
+            "WASM call, fresh sandboxed store, limits set",
+            format!("{:.2} µs", f.wasm.sandboxed_us),
+            "< 20 µs",
+            Verdict::of(f.wasm.sandboxed_us < 20.0),
+        ),
+        row(
+            "5",
+            "  the same call through spawn_blocking (as the executor runs it)",
+            format!("{:.2} µs", f.wasm.spawn_blocking_us),
+            "",
+            Verdict::Info,
+        ),
+        row(
+            "5",
+            "native checked_add",
+            format!("{:.2} ns", f.wasm.native_ns),
+            "",
+            Verdict::Info,
+        ),
+        row(
+            "6",
+            "worker idle RSS (largest of the workers)",
+            mib(f.worker_idle_rss_kib),
+            "< 32 MiB",
+            Verdict::of(f.worker_idle_rss_kib > 0 && f.worker_idle_rss_kib < 32 * 1024),
+        ),
+        row(
+            "6",
+            format!("planner RSS, idle → {} queued", m.queued),
+            format!("{} → {}", mib(m.rss_before_kib), mib(m.rss_after_kib)),
+            "",
+            Verdict::Info,
+        ),
+        row(
+            "6",
+            "planner RSS per queued task",
+            format!("{:.0} B", m.bytes_per_task),
+            "< 1024 B",
+            Verdict::of(m.bytes_per_task > 0.0 && m.bytes_per_task < 1024.0),
+        ),
+    ]
+}
+
+pub fn table(rows: &[Row]) -> String {
+    let width = rows
+        .iter()
+        .map(|r| r.figure.chars().count())
+        .max()
+        .unwrap_or(10);
+    let value_width = rows
+        .iter()
+        .map(|r| r.value.chars().count())
+        .max()
+        .unwrap_or(10);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<2} {:<width$}  {:>value_width$}  {:<10} {}",
+        "#", "figure", "value", "target", ""
+    );
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "{:<2} {:<width$}  {:>value_width$}  {:<10} {}",
+            r.part,
+            r.figure,
+            r.value,
+            r.target,
+            r.verdict.label()
+        );
+    }
+    out
+}
+
+pub fn markdown(
+    command: &str,
+    machine: &Machine,
+    plan: &Plan,
+    f: &Figures,
+    rows: &[Row],
+) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "Command: `{command}`\n");
+    let _ = writeln!(
+        out,
+        "Machine: {} CPUs ({}), {:.1} GiB memory, Linux {}, {}.\n",
+        machine.cpus, machine.model, machine.memory_gib, machine.kernel, machine.rustc
+    );
+    let _ = writeln!(
+        out,
+        "Run: {} workers × {} slots (concurrency {}), {} tasks in batches of {}, ceiling measured for {:?}, \
+         {} single-task samples, {} queued tasks, WASM loops of {:?}; {:.0} s in all.\n",
+        plan.workers,
+        plan.slots,
+        plan.concurrency(),
+        plan.tasks,
+        plan.batch,
+        plan.ceiling,
+        plan.latency_samples,
+        plan.queued,
+        plan.wasm,
+        f.wall_secs
+    );
+    let _ = writeln!(out, "| # | figure | value | target | |");
+    let _ = writeln!(out, "|---|---|---:|---|---|");
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} |",
+            r.part,
+            r.figure.trim(),
+            r.value,
+            r.target,
+            match r.verdict {
+                Verdict::Pass => "pass",
+                Verdict::Miss => "**miss**",
+                Verdict::Info => "",
+            }
+        );
+    }
+    out
+}
