@@ -5,6 +5,7 @@ pub mod api;
 pub mod board;
 pub mod config;
 pub mod dispatch;
+pub mod events;
 pub mod latency;
 pub mod local;
 pub mod modules;
@@ -13,6 +14,7 @@ pub mod random_tasks;
 pub mod rollout;
 pub mod store;
 pub mod task;
+pub mod telemetry;
 
 use std::time::Duration;
 
@@ -28,6 +30,7 @@ use crate::rollout::Pusher;
 use crate::store::{Durability, Store};
 
 pub async fn serve(config: ServeConfig) -> Result<()> {
+    let metrics = serve::metrics::install();
     let durability = match config.store.as_str() {
         "memory" => Durability::Memory,
         _ => Durability::Durable(config.data_dir.clone()),
@@ -83,6 +86,7 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
     tracing::info!(durable = planner.store().is_durable(), data_dir = %config.data_dir.display(), "planner ready");
     let state = api::AppState {
         planner: planner.clone(),
+        metrics,
     };
     let auth = api::AuthPolicy {
         token,

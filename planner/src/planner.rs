@@ -12,14 +12,18 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 use wire::TaskId;
-use wire::planner::{NewTask, OpRollout, Registration, RolloutReport, TaskView};
+use wire::planner::{
+    NewTask, OpRollout, Registration, RolloutReport, TaskView, WorkerChange, WorkerEvent,
+};
 
 use crate::board::{Assignment, Board, CancelError, Effects};
 use crate::dispatch::Dispatcher;
+use crate::events::{Event, Events};
 use crate::modules::{Module, Modules};
 use crate::rollout::{PushError, Pusher};
 use crate::store::{Store, StoreError};
 use crate::task::Task;
+use crate::telemetry;
 
 /// Most arguments a task may carry.
 pub const MAX_ARGS: usize = 64;
@@ -59,6 +63,7 @@ pub struct Planner {
     gaps: crate::latency::Recorder,
     modules: Modules,
     pusher: Pusher,
+    events: Events,
 }
 
 /// What a planner is made of, for [`Planner::new`].
@@ -93,6 +98,7 @@ impl Planner {
             waiters: Mutex::new(HashMap::new()),
             limits,
             gaps: crate::latency::Recorder::default(),
+            events: Events::default(),
         })
     }
 
@@ -136,7 +142,18 @@ impl Planner {
         } else {
             Vec::new()
         };
+        let queued: Vec<TaskView> = if self.events.active() {
+            tasks.iter().map(|t| t.view(None)).collect()
+        } else {
+            Vec::new()
+        };
+        for task in &tasks {
+            telemetry::submitted(&task.op);
+        }
         self.board().insert(tasks);
+        for view in queued {
+            self.events.publish(Event::Task(view));
+        }
         self.pump();
         Ok((ids, receivers))
     }
@@ -191,11 +208,28 @@ impl Planner {
     /// from it to the send is the dispatch gap.
     pub fn pump(self: &Arc<Self>) {
         let trigger = Instant::now();
-        let assignments = self.board().pump(trigger);
+        let (assignments, running) = {
+            let mut board = self.board();
+            let assignments = board.pump(trigger);
+            let running: Vec<TaskView> = if self.events.active() {
+                assignments
+                    .iter()
+                    .filter_map(|a| board.view(a.task))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            (assignments, running)
+        };
+        for view in running {
+            self.events.publish(Event::Task(view));
+        }
         for assignment in assignments {
             let planner = self.clone();
             tokio::spawn(async move {
-                planner.gaps.record(trigger.elapsed());
+                let gap = trigger.elapsed();
+                planner.gaps.record(gap);
+                telemetry::dispatch_gap(gap);
                 let answer = planner.dispatcher.send(&assignment).await;
                 planner.settle(&assignment, answer);
             });
@@ -203,6 +237,7 @@ impl Planner {
     }
 
     fn settle(self: &Arc<Self>, assignment: &Assignment, answer: crate::board::Answer) {
+        telemetry::answer(&answer);
         let effects = self.board().settle(assignment, answer);
         self.apply(effects);
         self.pump();
@@ -211,6 +246,22 @@ impl Planner {
     fn apply(&self, effects: Effects) {
         for (id, attempts) in effects.retried {
             self.store.attempts(id, attempts);
+        }
+        for id in effects.dropped {
+            self.publish_worker(&id, WorkerChange::Dropped);
+        }
+        if self.events.active() && !effects.requeued.is_empty() {
+            let views: Vec<TaskView> = {
+                let board = self.board();
+                effects
+                    .requeued
+                    .iter()
+                    .filter_map(|id| board.view(*id))
+                    .collect()
+            };
+            for view in views {
+                self.events.publish(Event::Task(view));
+            }
         }
         if effects.finished.is_empty() {
             return;
@@ -223,8 +274,32 @@ impl Planner {
                     let _ = waiter.send(view.clone());
                 }
             }
+            if self.events.active() {
+                self.events.publish(Event::Task(task.view(None)));
+            }
+            telemetry::finished(&task);
             self.store.finished(task);
         }
+    }
+
+    /// Publishes a worker's change, with its current record unless it is gone.
+    fn publish_worker(&self, id: &str, change: WorkerChange) {
+        if !self.events.active() {
+            return;
+        }
+        let worker = match change {
+            WorkerChange::Registered => self.board().worker(id),
+            WorkerChange::Left | WorkerChange::Dropped => None,
+        };
+        self.events.publish(Event::Worker(WorkerEvent {
+            id: id.to_string(),
+            change,
+            worker,
+        }));
+    }
+
+    pub fn events(&self) -> &Events {
+        &self.events
     }
 
     pub fn view(&self, id: TaskId) -> Result<Option<TaskView>, StoreError> {
@@ -248,7 +323,7 @@ impl Planner {
         let view = cancelled.view(None);
         self.apply(Effects {
             finished: vec![cancelled],
-            retried: Vec::new(),
+            ..Effects::default()
         });
         Ok(view)
     }
@@ -267,6 +342,7 @@ impl Planner {
             })
             .collect();
         self.board().register(registration);
+        self.publish_worker(&id, WorkerChange::Registered);
         self.pump();
         // A worker that joins (or comes back) with an older version of an op
         // the fleet was moved on from gets the current one.
@@ -331,6 +407,7 @@ impl Planner {
             .collect();
         reports.extend(futures_util::future::join_all(pushes).await);
         tracing::info!(op = name, digest = %module.digest, workers = reports.len(), "module rolled out");
+        telemetry::rollout(name);
         Ok(RolloutReport {
             op: name.to_string(),
             digest: module.digest.clone(),
@@ -366,7 +443,8 @@ impl Planner {
 
     pub fn register_legacy(self: &Arc<Self>, id: String, url: String) {
         tracing::info!(worker = %id, %url, "legacy worker registered");
-        self.board().register_legacy(id, url);
+        self.board().register_legacy(id.clone(), url);
+        self.publish_worker(&id, WorkerChange::Registered);
         self.pump();
     }
 
@@ -378,6 +456,7 @@ impl Planner {
         let known = self.board().deregister(id);
         if known {
             tracing::info!(worker = id, "worker deregistered");
+            self.publish_worker(id, WorkerChange::Left);
         }
         known
     }

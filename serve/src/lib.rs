@@ -5,6 +5,7 @@ pub mod error;
 pub mod json;
 pub mod listen;
 pub mod logging;
+pub mod metrics;
 pub mod shutdown;
 
 pub use error::{ApiError, Path, Query};

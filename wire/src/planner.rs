@@ -223,3 +223,24 @@ pub struct WorkerPush {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
+
+/// A worker's change of state on the event stream (`event: worker`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WorkerEvent {
+    pub id: String,
+    pub change: WorkerChange,
+    /// The worker as it is now; absent once it left or was dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<WorkerView>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerChange {
+    /// Registered, re-registered, or announced a new op set.
+    Registered,
+    /// Deregistered on purpose (shutting down).
+    Left,
+    /// Given up for dead (unreachable, or heartbeats stopped).
+    Dropped,
+}

@@ -72,6 +72,7 @@ impl Catalog {
             Ok(module) => module,
             Err(err) => {
                 self.lock_errors().insert(name.to_string(), err.to_string());
+                crate::telemetry::module_load(name, source, false, false);
                 return Err(err);
             }
         };
@@ -83,9 +84,9 @@ impl Catalog {
         {
             let _writer = self.write.lock().unwrap_or_else(|p| p.into_inner());
             let mut next = BTreeMap::clone(&self.current.load());
-            let unchanged = next
-                .get(name)
-                .is_some_and(|old| old.module.digest == entry.module.digest);
+            let previous = next.get(name).map(|old| old.module.digest.clone());
+            let unchanged = previous.as_deref() == Some(entry.module.digest.as_str());
+            crate::telemetry::module_load(name, source, true, previous.is_some() && !unchanged);
             next.insert(name.to_string(), entry.clone());
             self.current.store(Arc::new(next));
             self.lock_errors().remove(name);

@@ -10,6 +10,7 @@ use wire::{Output, TaskId};
 
 use crate::catalog::Catalog;
 use crate::sandbox::CallError;
+use crate::telemetry;
 use crate::work_time::WorkTime;
 
 /// Why a task was not run at all.
@@ -95,6 +96,23 @@ impl Executor {
 
     /// Runs a task; `id` is the planner's, or `None` for a legacy call.
     pub async fn run(&self, id: Option<TaskId>, op: &str, args: Vec<i64>) -> Result<Run, Refusal> {
+        let outcome = self.run_counted(id, op, args).await;
+        if let Err(refusal) = &outcome {
+            telemetry::refused(match refusal {
+                Refusal::Busy(_) => "busy",
+                Refusal::NoSuchOp { .. } => "no_such_op",
+                Refusal::Draining => "draining",
+            });
+        }
+        outcome
+    }
+
+    async fn run_counted(
+        &self,
+        id: Option<TaskId>,
+        op: &str,
+        args: Vec<i64>,
+    ) -> Result<Run, Refusal> {
         if self.is_draining() {
             return Err(Refusal::Draining);
         }
@@ -130,11 +148,13 @@ impl Executor {
         let module = entry.clone();
         // The call is CPU-bound and may run up to its deadline: keep it off
         // the async threads so health checks and other slots stay responsive.
+        let call_started = Instant::now();
         let output = tokio::task::spawn_blocking(move || sandbox.call(&module.module, &args))
             .await
             .unwrap_or_else(|join| {
                 Err(CallError::Host(format!("the call's thread failed: {join}")))
             });
+        telemetry::ran(op, &output, started.elapsed(), call_started.elapsed());
         if let Err(err) = &output {
             tracing::debug!(op, kind = err.kind(), error = %err, "op call failed");
         }

@@ -8,6 +8,7 @@ pub mod http;
 pub mod ops_dir;
 pub mod registration;
 pub mod sandbox;
+pub mod telemetry;
 pub mod work_time;
 
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use crate::registration::Registrar;
 use crate::sandbox::{Sandbox, SandboxConfig};
 
 pub async fn run(config: Config) -> Result<()> {
+    let metrics = serve::metrics::install();
     let ops = config.selected_ops()?;
     let sandbox = Sandbox::new(SandboxConfig {
         timeout: Duration::from_millis(config.op_timeout_ms),
@@ -41,6 +43,7 @@ pub async fn run(config: Config) -> Result<()> {
     let state = http::AppState {
         id: id.as_str().into(),
         executor: executor.clone(),
+        metrics,
     };
 
     let stop = CancellationToken::new();

@@ -16,3 +16,9 @@ pub async fn ready(State(state): State<AppState>) -> Json<Value> {
 pub async fn stats(State(state): State<AppState>) -> Json<Stats> {
     Json(state.planner.stats())
 }
+
+/// Prometheus text; the gauges are brought up to date first.
+pub async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
+    crate::telemetry::refresh(&state.planner.stats(), &state.planner.workers());
+    serve::metrics::render(&state.metrics)
+}

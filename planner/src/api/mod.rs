@@ -1,10 +1,12 @@
 //! The planner's HTTP API. `app(state)` builds the router so the binary and
 //! the tests share it.
 
+mod events;
 mod health;
 mod legacy;
 mod ops;
 mod tasks;
+mod ui;
 mod workers;
 
 use std::sync::Arc;
@@ -25,6 +27,7 @@ const MAX_MODULE_BYTES: usize = 8 << 20;
 #[derive(Clone)]
 pub struct AppState {
     pub planner: Arc<Planner>,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
 pub struct AuthPolicy {
@@ -62,12 +65,15 @@ pub fn app(state: AppState, auth: AuthPolicy) -> Router {
         .route("/tasks/{id}", delete(tasks::cancel))
         .route_layer(submit_guard);
     Router::new()
-        .route("/", get(legacy::index))
+        .route("/", get(ui::index))
+        .route("/ui", get(ui::page))
         .route("/tasks", get(tasks::list))
         .route("/tasks/{id}", get(tasks::get))
         .route("/workers", get(workers::list))
         .route("/ops", get(ops::list))
+        .route("/events", get(events::stream))
         .route("/stats", get(health::stats))
+        .route("/metrics", get(health::metrics))
         .route("/healthz", get(health::live))
         .route("/readyz", get(health::ready))
         .merge(worker_routes)

@@ -50,6 +50,10 @@ pub struct Effects {
     /// Tasks whose attempt count changed without finishing (persisted so a
     /// restart keeps counting).
     pub retried: Vec<(TaskId, u32)>,
+    /// Tasks sent back to the queue (for the event stream).
+    pub requeued: Vec<TaskId>,
+    /// Workers dropped as dead.
+    pub dropped: Vec<String>,
 }
 
 pub struct Board {
@@ -246,6 +250,7 @@ impl Board {
         let Some(worker) = self.workers.remove(id) else {
             return;
         };
+        effects.dropped.push(id.to_string());
         tracing::warn!(
             worker = id,
             reason,
@@ -257,6 +262,10 @@ impl Board {
                 self.settle_lost(task_id, dispatch, reason, effects);
             }
         }
+    }
+
+    pub fn worker(&self, id: &str) -> Option<WorkerView> {
+        self.workers.get(id).map(Worker::view)
     }
 
     pub fn workers(&self) -> Vec<WorkerView> {
@@ -314,12 +323,14 @@ impl Board {
                     worker.cooldown_until = Some(Instant::now() + Duration::from_millis(pause));
                 }
                 self.bounce(assignment.task);
+                effects.requeued.push(assignment.task);
             }
             Answer::Draining => {
                 if let Some(worker) = self.workers.get_mut(worker_id) {
                     worker.leaving = true;
                 }
                 self.bounce(assignment.task);
+                effects.requeued.push(assignment.task);
             }
             Answer::Lacks => {
                 if let Some(worker) = self.workers.get_mut(worker_id) {
@@ -334,6 +345,7 @@ impl Board {
                     }
                 }
                 self.bounce(assignment.task);
+                effects.requeued.push(assignment.task);
             }
             Answer::Lost(reason) => {
                 let reason = format!("worker {worker_id}: {reason}");
@@ -388,6 +400,7 @@ impl Board {
             ));
         } else {
             effects.retried.push((id, task.attempts));
+            effects.requeued.push(id);
             self.requeue_front(id);
         }
     }

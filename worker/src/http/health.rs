@@ -23,3 +23,14 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         )
     }
 }
+
+/// Prometheus text; the gauges are brought up to date first.
+pub async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
+    let executor = &state.executor;
+    crate::telemetry::refresh(
+        executor.slot_count(),
+        executor.busy(),
+        executor.catalog.names().len(),
+    );
+    serve::metrics::render(&state.metrics)
+}

@@ -24,6 +24,7 @@ const MAX_BODY_BYTES: usize = 64 << 10;
 pub struct AppState {
     pub id: Arc<str>,
     pub executor: Arc<Executor>,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
 pub fn app(state: AppState, token: Token) -> Router {
@@ -43,6 +44,7 @@ pub fn app(state: AppState, token: Token) -> Router {
         .route("/ops", get(ops::list))
         .route("/healthz", get(health::live))
         .route("/readyz", get(health::ready))
+        .route("/metrics", get(health::metrics))
         .merge(protected)
         .fallback(serve::error::fallback)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

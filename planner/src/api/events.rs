@@ -1,0 +1,38 @@
+//! `GET /events`: server-sent events of task and worker changes
+//! (`curl -N localhost:3000/events`).
+
+use std::convert::Infallible;
+
+use axum::extract::State;
+use axum::response::Sse as SseResponse;
+use axum::response::sse::{Event as Sse, KeepAlive};
+use futures_util::Stream;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+
+use super::AppState;
+use crate::events::Event;
+
+/// `event: task` carries a task as `GET /tasks/{id}` shows it;
+/// `event: worker` carries `{"id", "change", "worker"}`.
+pub async fn stream(
+    State(state): State<AppState>,
+) -> SseResponse<impl Stream<Item = Result<Sse, Infallible>>> {
+    let events = BroadcastStream::new(state.planner.events().subscribe()).map(|item| {
+        Ok(match item {
+            Ok(Event::Task(view)) => Sse::default()
+                .event("task")
+                .json_data(view)
+                .unwrap_or_default(),
+            Ok(Event::Worker(change)) => Sse::default()
+                .event("worker")
+                .json_data(change)
+                .unwrap_or_default(),
+            Err(BroadcastStreamRecvError::Lagged(missed)) => {
+                Sse::default().event("lagged").data(missed.to_string())
+            }
+        })
+    });
+    SseResponse::new(events).keep_alive(KeepAlive::default())
+}

@@ -1,0 +1,85 @@
+//! The planner's Prometheus metrics, named in one place.
+
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use wire::planner::{Stats, TaskStatus, WorkerView};
+
+use crate::board::Answer;
+use crate::task::Task;
+
+pub fn submitted(op: &str) {
+    counter!("planner_tasks_submitted_total", "op" => op.to_string()).increment(1);
+}
+
+pub fn finished(task: &Task) {
+    let op = task.op.to_string();
+    counter!("planner_tasks_finished_total", "op" => op.clone(), "status" => task.status.as_str())
+        .increment(1);
+    if task.status == TaskStatus::Cancelled {
+        return;
+    }
+    if let Some(end) = task.finished_at_ms {
+        let latency = end.saturating_sub(task.submitted_at_ms);
+        histogram!("planner_task_latency_seconds", "op" => op.clone())
+            .record(latency as f64 / 1000.0);
+        if let Some(start) = task.started_at_ms {
+            histogram!("planner_task_duration_seconds", "op" => op)
+                .record(end.saturating_sub(start) as f64 / 1000.0);
+        }
+    }
+}
+
+pub fn dispatch_gap(gap: Duration) {
+    histogram!("planner_dispatch_gap_seconds").record(gap.as_secs_f64());
+}
+
+pub fn answer(answer: &Answer) {
+    let kind = match answer {
+        Answer::Done { .. } => "done",
+        Answer::Busy => "busy",
+        Answer::Draining => "draining",
+        Answer::Lacks => "lacks_op",
+        Answer::Unauthorized => "unauthorized",
+        Answer::Lost(_) => "lost",
+    };
+    counter!("planner_dispatch_answers_total", "answer" => kind).increment(1);
+}
+
+pub fn rollout(op: &str) {
+    counter!("planner_module_rollouts_total", "op" => op.to_string()).increment(1);
+}
+
+/// Gauges are computed from the current state when scraped.
+pub fn refresh(stats: &Stats, workers: &[WorkerView]) {
+    for (op, counts) in &stats.by_op {
+        for status in [TaskStatus::Queued, TaskStatus::Running] {
+            let n = counts.get(status.as_str()).copied().unwrap_or(0);
+            let name = if status == TaskStatus::Queued {
+                "planner_queue_depth"
+            } else {
+                "planner_tasks_running"
+            };
+            gauge!(name, "op" => op.clone()).set(n as f64);
+        }
+    }
+    let mut by_flavor = std::collections::BTreeMap::<&str, f64>::new();
+    let mut by_op = std::collections::BTreeMap::<&str, f64>::new();
+    let (mut slots, mut busy) = (0.0, 0.0);
+    for worker in workers {
+        *by_flavor.entry(worker.flavor.as_str()).or_default() += 1.0;
+        for op in worker.ops.iter().flatten() {
+            *by_op.entry(op.name.as_str()).or_default() += 1.0;
+        }
+        slots += f64::from(worker.slots);
+        busy += f64::from(worker.busy);
+    }
+    for (flavor, n) in by_flavor {
+        gauge!("planner_workers", "flavor" => flavor.to_string()).set(n);
+    }
+    for (op, n) in by_op {
+        gauge!("planner_workers_offering", "op" => op.to_string()).set(n);
+    }
+    gauge!("planner_slots").set(slots);
+    gauge!("planner_busy_slots").set(busy);
+}

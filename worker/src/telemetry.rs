@@ -1,0 +1,47 @@
+//! The worker's Prometheus metrics, named in one place.
+
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use wire::worker::ModuleSource;
+
+use crate::sandbox::CallError;
+
+/// A task that ran: its outcome, its whole time and the sandboxed call's.
+pub fn ran(op: &str, outcome: &Result<i64, CallError>, total: Duration, call: Duration) {
+    let kind = match outcome {
+        Ok(_) => "ok",
+        Err(err) => err.kind(),
+    };
+    counter!("worker_tasks_total", "op" => op.to_string(), "outcome" => kind).increment(1);
+    histogram!("worker_task_duration_seconds", "op" => op.to_string()).record(total.as_secs_f64());
+    histogram!("worker_wasm_call_seconds", "op" => op.to_string()).record(call.as_secs_f64());
+    if let Err(err @ (CallError::Deadline(_) | CallError::Memory { .. } | CallError::Trap(_))) =
+        outcome
+    {
+        counter!("worker_wasm_traps_total", "kind" => err.kind()).increment(1);
+    }
+}
+
+pub fn refused(reason: &'static str) {
+    counter!("worker_tasks_refused_total", "reason" => reason).increment(1);
+}
+
+pub fn module_load(op: &str, source: ModuleSource, ok: bool, swapped: bool) {
+    let source = match source {
+        ModuleSource::Embedded => "embedded",
+        ModuleSource::File => "file",
+        ModuleSource::Upload => "upload",
+    };
+    let result = if ok { "ok" } else { "error" };
+    counter!("worker_module_loads_total", "op" => op.to_string(), "source" => source, "result" => result).increment(1);
+    if swapped {
+        counter!("worker_module_swaps_total", "op" => op.to_string()).increment(1);
+    }
+}
+
+pub fn refresh(slots: u32, busy: u32, ops: usize) {
+    gauge!("worker_slots").set(f64::from(slots));
+    gauge!("worker_busy_slots").set(f64::from(busy));
+    gauge!("worker_ops_loaded").set(ops as f64);
+}
