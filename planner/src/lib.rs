@@ -74,7 +74,16 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
         pusher: Pusher::new(token.clone())?,
     });
     tokio::spawn(planner.clone().reap_forever());
-    if config.tasks > 0 {
+    // TASKS seeds a fresh planner once: a restarted one (a pod rescheduled
+    // onto its volume) must not enqueue the batch again.
+    let fresh = recovered.next_id == 1;
+    if config.tasks > 0 && !fresh {
+        tracing::info!(
+            tasks = config.tasks,
+            "TASKS ignored: the data dir already holds tasks from an earlier run"
+        );
+    }
+    if config.tasks > 0 && fresh {
         let (ids, _) = planner
             .submit(random_tasks::generate(config.tasks), false)
             .await

@@ -148,6 +148,25 @@ async fn random_tasks_come_from_startup_and_from_the_api() -> anyhow::Result<()>
         assert!(view.args.iter().all(|a| (0..40).contains(a)), "{view:?}");
         assert_eq!(view.result, e2e::expected(&view.op, &view.args));
     }
+    // A restart on the same data dir does not enqueue the TASKS batch again.
+    system.planner.stop(Duration::from_secs(5)).await;
+    system.restart_planner(&[("TASKS", "7")]).await?;
+    let stats: Value = system
+        .client
+        .get(system.url("/stats"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(stats["by_status"]["done"], 12, "{stats}");
+    assert_eq!(
+        stats["by_status"]
+            .get("queued")
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
+        0,
+        "{stats}"
+    );
     Ok(())
 }
 

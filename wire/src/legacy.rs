@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// Body of a legacy worker's `POST /add` and `POST /mult`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Operands {
     pub a: i64,
     pub b: i64,
@@ -12,6 +13,7 @@ pub struct Operands {
 
 /// A legacy worker's answer: the result, how long it took (ms), who computed it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Answer {
     pub res: i64,
     pub duration: u64,
@@ -20,6 +22,7 @@ pub struct Answer {
 
 /// `POST /register` on a legacy planner.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Register {
     pub url: String,
     pub id: String,

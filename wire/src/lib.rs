@@ -14,6 +14,7 @@ pub type TaskId = u64;
 
 /// Every error answer of every route: `{"error": "..."}`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     pub error: String,
 }
@@ -29,6 +30,7 @@ impl ErrorBody {
 /// What running an op produced: a value, or the op's (or the sandbox's) error.
 /// Serialized flat as `{"result": 42}` or `{"error": "..."}`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Output {
     Result(i64),
@@ -37,6 +39,7 @@ pub enum Output {
 
 /// A loaded operation module, as a worker advertises it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OpInfo {
     pub name: String,
     /// Hex sha256 of the component bytes: names exactly which code ran.

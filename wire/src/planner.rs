@@ -6,6 +6,7 @@ use crate::{OpInfo, Output, TaskId};
 
 /// One task as submitted: `{"op":"mul","args":[6,7]}`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewTask {
     pub op: String,
@@ -14,6 +15,7 @@ pub struct NewTask {
 
 /// `POST /tasks` accepts one task or an array of them.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(untagged)]
 pub enum Submission {
     One(NewTask),
@@ -63,11 +65,13 @@ impl<'de> Deserialize<'de> for Submission {
 
 /// The 202 answer to a submission.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Accepted {
     pub ids: Vec<TaskId>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum TaskStatus {
     Queued,
@@ -95,6 +99,7 @@ impl TaskStatus {
 
 /// A task as the planner reports it (`GET /tasks/{id}`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskView {
     pub id: TaskId,
     pub op: String,
@@ -133,6 +138,7 @@ impl TaskView {
 
 /// `POST /workers`: a worker announcing itself and what it can run.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Registration {
     pub id: String,
@@ -144,6 +150,7 @@ pub struct Registration {
 
 /// A worker as the planner sees it (`GET /workers`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WorkerView {
     pub id: String,
     pub url: String,
@@ -168,6 +175,7 @@ pub struct WorkerView {
 
 /// `GET /stats`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Stats {
     pub by_status: std::collections::BTreeMap<String, u64>,
     pub by_op: std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>,
@@ -181,6 +189,7 @@ pub struct Stats {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Percentiles {
     pub count: u64,
     pub p50: u64,
@@ -191,6 +200,7 @@ pub struct Percentiles {
 /// One op on the planner's `GET /ops`: the current module (if one was put
 /// through the planner) and which worker runs which version.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OpRollout {
     pub name: String,
     /// The digest the fleet should run, if a module was put through the planner.
@@ -207,6 +217,7 @@ pub struct OpRollout {
 
 /// The answer to the planner's `PUT /ops/{name}`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RolloutReport {
     pub op: String,
     pub digest: String,
@@ -215,6 +226,7 @@ pub struct RolloutReport {
 
 /// How one worker took a module.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WorkerPush {
     pub id: String,
     /// When the worker had swapped to it (its clock, unix ms).
@@ -226,6 +238,7 @@ pub struct WorkerPush {
 
 /// A worker's change of state on the event stream (`event: worker`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WorkerEvent {
     pub id: String,
     pub change: WorkerChange,
@@ -235,6 +248,7 @@ pub struct WorkerEvent {
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum WorkerChange {
     /// Registered, re-registered, or announced a new op set.

@@ -6,6 +6,7 @@ use crate::{OpInfo, Output, TaskId};
 
 /// `POST /tasks` on a worker.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TaskRequest {
     pub id: TaskId,
@@ -15,6 +16,7 @@ pub struct TaskRequest {
 
 /// The worker's answer to `POST /tasks`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskOutcome {
     #[serde(flatten)]
     pub output: Output,
@@ -26,6 +28,7 @@ pub struct TaskOutcome {
 
 /// Where a loaded module came from.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ModuleSource {
     /// Compiled into the worker binary.
@@ -38,6 +41,7 @@ pub enum ModuleSource {
 
 /// One entry of a worker's `GET /ops`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LoadedOp {
     #[serde(flatten)]
     pub info: OpInfo,

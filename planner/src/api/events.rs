@@ -16,6 +16,7 @@ use crate::events::Event;
 
 /// `event: task` carries a task as `GET /tasks/{id}` shows it;
 /// `event: worker` carries `{"id", "change", "worker"}`.
+#[utoipa::path(get, path = "/events", tag = "observe", responses((status = 200, description = "Server-sent events: `event: task` carries a task as GET /tasks/{id} shows it, `event: worker` a worker change", content_type = "text/event-stream", body = String)))]
 pub async fn stream(
     State(state): State<AppState>,
 ) -> SseResponse<impl Stream<Item = Result<Sse, Infallible>>> {

@@ -5,19 +5,23 @@ use wire::planner::Stats;
 
 use super::AppState;
 
+#[utoipa::path(get, path = "/healthz", tag = "observe", responses((status = 200, description = "The process is alive", body = Object)))]
 pub async fn live() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "observe", responses((status = 200, description = "Ready to accept tasks", body = Object)))]
 pub async fn ready(State(state): State<AppState>) -> Json<Value> {
     Json(json!({"status": "ready", "durable": state.planner.store().is_durable()}))
 }
 
+#[utoipa::path(get, path = "/stats", tag = "observe", responses((status = 200, description = "Counts by status and op, workers by flavor, throughput, dispatch gap", body = wire::planner::Stats)))]
 pub async fn stats(State(state): State<AppState>) -> Json<Stats> {
     Json(state.planner.stats())
 }
 
 /// Prometheus text; the gauges are brought up to date first.
+#[utoipa::path(get, path = "/metrics", tag = "observe", responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
     crate::telemetry::refresh(&state.planner.stats(), &state.planner.workers());
     serve::metrics::render(&state.metrics)

@@ -1,5 +1,5 @@
 //! The planner's HTTP API. `app(state)` builds the router so the binary and
-//! the tests share it.
+//! the tests share it; each route's OpenAPI description sits on its handler.
 
 mod events;
 mod health;
@@ -11,10 +11,12 @@ mod workers;
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get, post, put};
+use axum::routing::get;
+use axum::{Json, Router};
 use serve::auth::{Token, require_token};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::planner::Planner;
 
@@ -36,49 +38,81 @@ pub struct AuthPolicy {
     pub submit_requires_token: bool,
 }
 
+/// The router, and the OpenAPI description generated from the same route
+/// list (`utoipa-axum`), served at `/openapi.json`: a route can't exist
+/// undocumented, nor be documented without existing.
 pub fn app(state: AppState, auth: AuthPolicy) -> Router {
-    let guard = || axum::middleware::from_fn_with_state(auth.token.clone(), require_token);
-    let submit_guard = {
-        let token = if auth.submit_requires_token {
-            auth.token.clone()
-        } else {
-            Token::default()
-        };
-        axum::middleware::from_fn_with_state(token, require_token)
-    };
-    let worker_routes = Router::new()
-        .route("/workers", post(workers::register))
-        .route("/workers/{id}", delete(workers::deregister))
-        .route("/workers/{id}/heartbeat", post(workers::heartbeat))
-        .route("/register", post(legacy::register))
+    let (router, api) = routes(auth).split_for_parts();
+    let api = Arc::new(api);
+    router
         .route(
-            "/ops/{name}",
-            put(ops::put).layer(DefaultBodyLimit::max(MAX_MODULE_BYTES)),
+            "/openapi.json",
+            get(move || async move { Json(api.as_ref().clone()) }),
         )
-        .route_layer(guard());
-    let submit_routes = Router::new()
-        .route(
-            "/tasks",
-            post(tasks::submit).layer(DefaultBodyLimit::max(MAX_SUBMISSION_BYTES)),
-        )
-        .route("/tasks/random", post(tasks::random))
-        .route("/tasks/{id}", delete(tasks::cancel))
-        .route_layer(submit_guard);
-    Router::new()
-        .route("/", get(ui::index))
-        .route("/ui", get(ui::page))
-        .route("/tasks", get(tasks::list))
-        .route("/tasks/{id}", get(tasks::get))
-        .route("/workers", get(workers::list))
-        .route("/ops", get(ops::list))
-        .route("/events", get(events::stream))
-        .route("/stats", get(health::stats))
-        .route("/metrics", get(health::metrics))
-        .route("/healthz", get(health::live))
-        .route("/readyz", get(health::ready))
-        .merge(worker_routes)
-        .merge(submit_routes)
         .fallback(serve::error::fallback)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "workers planner", description = "Submit compute tasks; workers running WebAssembly op modules compute them."),
+    components(schemas(wire::planner::WorkerEvent, wire::planner::WorkerChange)),
+    modifiers(&BearerAuth),
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = api.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+fn routes(auth: AuthPolicy) -> OpenApiRouter<AppState> {
+    let guard = || axum::middleware::from_fn_with_state(auth.token.clone(), require_token);
+    let submit_token = if auth.submit_requires_token {
+        auth.token.clone()
+    } else {
+        Token::default()
+    };
+    let submit_guard = axum::middleware::from_fn_with_state(submit_token, require_token);
+    let modules = OpenApiRouter::new()
+        .routes(routes!(ops::put))
+        .layer(DefaultBodyLimit::max(MAX_MODULE_BYTES));
+    let worker_routes = OpenApiRouter::new()
+        .routes(routes!(workers::register))
+        .routes(routes!(workers::deregister))
+        .routes(routes!(workers::heartbeat))
+        .routes(routes!(legacy::register))
+        .merge(modules)
+        .route_layer(guard());
+    let submission = OpenApiRouter::new()
+        .routes(routes!(tasks::submit))
+        .layer(DefaultBodyLimit::max(MAX_SUBMISSION_BYTES));
+    let submit_routes = OpenApiRouter::new()
+        .merge(submission)
+        .routes(routes!(tasks::random))
+        .routes(routes!(tasks::cancel))
+        .route_layer(submit_guard);
+    OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
+        .routes(routes!(ui::index))
+        .routes(routes!(ui::page))
+        .routes(routes!(tasks::list))
+        .routes(routes!(tasks::get))
+        .routes(routes!(workers::list))
+        .routes(routes!(ops::list))
+        .routes(routes!(events::stream))
+        .routes(routes!(health::stats))
+        .routes(routes!(health::metrics))
+        .routes(routes!(health::live))
+        .routes(routes!(health::ready))
+        .merge(worker_routes)
+        .merge(submit_routes)
 }

@@ -20,7 +20,7 @@ const MAX_BATCH: usize = 100_000;
 const DEFAULT_WAIT_MS: u64 = 30_000;
 const MAX_WAIT_MS: u64 = 600_000;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitQuery {
     #[serde(default)]
@@ -31,6 +31,7 @@ pub struct SubmitQuery {
 /// `POST /tasks`: one task or an array. 202 with the ids; with `?wait=true`,
 /// 200 with the finished task(s) (422 when a single task failed), or 202 with
 /// their current state if the wait times out.
+#[utoipa::path(post, path = "/tasks", tag = "tasks", params(SubmitQuery), request_body(content = wire::planner::Submission, description = "One task or an array of tasks"), responses((status = 202, description = "Accepted (and durably stored): the ids", body = wire::planner::Accepted), (status = 200, description = "With wait=true: the finished task (or array of tasks)", body = wire::planner::TaskView), (status = 422, description = "With wait=true: the single task failed (overflow, trap...)", body = wire::planner::TaskView), (status = 400, description = "Malformed body, invalid op name, wrong arity", body = wire::ErrorBody), (status = 401, description = "Missing or wrong token (when SUBMIT_REQUIRES_TOKEN)", body = wire::ErrorBody), (status = 413, description = "Body over 8 MiB or over 100,000 tasks", body = wire::ErrorBody), (status = 415, description = "Unsupported content type", body = wire::ErrorBody), (status = 503, description = "Queue full or store unavailable; retry after Retry-After seconds", body = wire::ErrorBody)))]
 pub async fn submit(
     State(state): State<AppState>,
     Query(query): Query<SubmitQuery>,
@@ -104,13 +105,14 @@ fn submit_error(err: SubmitError) -> ApiError {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct RandomQuery {
     count: usize,
 }
 
 /// `POST /tasks/random?count=N`: the exercise's random add/mul tasks.
+#[utoipa::path(post, path = "/tasks/random", tag = "tasks", params(RandomQuery), responses((status = 202, description = "N random add/mul tasks, as in the exercise", body = wire::planner::Accepted), (status = 400, description = "count missing or out of range", body = wire::ErrorBody), (status = 503, description = "Queue full", body = wire::ErrorBody)))]
 pub async fn random(
     State(state): State<AppState>,
     Query(query): Query<RandomQuery>,
@@ -129,6 +131,7 @@ pub async fn random(
     Ok((StatusCode::ACCEPTED, Json(Accepted { ids })).into_response())
 }
 
+#[utoipa::path(get, path = "/tasks/{id}", tag = "tasks", params(("id" = u64, Path, description = "Task id")), responses((status = 200, description = "The task", body = wire::planner::TaskView), (status = 400, description = "Not a task id", body = wire::ErrorBody), (status = 404, description = "No such task", body = wire::ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<TaskId>,
@@ -139,7 +142,7 @@ pub async fn get(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     status: Option<TaskStatus>,
@@ -148,6 +151,7 @@ pub struct ListQuery {
 }
 
 /// `GET /tasks`: the most recent tasks kept in memory, newest first.
+#[utoipa::path(get, path = "/tasks", tag = "tasks", params(ListQuery), responses((status = 200, description = "Recent tasks, newest first", body = Vec<wire::planner::TaskView>), (status = 400, description = "Invalid query", body = wire::ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     Query(query): Query<ListQuery>,
@@ -156,6 +160,7 @@ pub async fn list(
     Json(state.planner.list(query.status, query.op.as_deref(), limit))
 }
 
+#[utoipa::path(delete, path = "/tasks/{id}", tag = "tasks", params(("id" = u64, Path, description = "Task id")), responses((status = 200, description = "Cancelled", body = wire::planner::TaskView), (status = 404, description = "No such task", body = wire::ErrorBody), (status = 409, description = "The task is running or finished", body = wire::ErrorBody)))]
 pub async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<TaskId>,

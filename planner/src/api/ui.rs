@@ -23,6 +23,7 @@ const CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'un
                    frame-ancestors 'none'";
 
 /// `GET /ui`.
+#[utoipa::path(get, path = "/ui", tag = "observe", responses((status = 200, description = "The live dashboard", content_type = "text/html", body = String)))]
 pub async fn page() -> Response {
     (
         [
@@ -36,6 +37,7 @@ pub async fn page() -> Response {
 }
 
 /// `GET /`: the dashboard for browsers, the workers as JSON otherwise.
+#[utoipa::path(get, path = "/", tag = "workers", responses((status = 200, description = "The workers (as the exercise's planner lists them); the dashboard page for a browser (Accept: text/html)", body = Vec<wire::planner::WorkerView>)))]
 pub async fn index(state: State<AppState>, headers: HeaderMap) -> Response {
     let accept = headers
         .get_all(ACCEPT)

@@ -9,6 +9,7 @@ use wire::planner::{Registration, WorkerView};
 
 use super::AppState;
 
+#[utoipa::path(post, path = "/workers", tag = "workers", request_body = wire::planner::Registration, security((), ("bearer" = [])), responses((status = 200, description = "Registered (or updated)", body = Object), (status = 400, description = "Invalid registration", body = wire::ErrorBody), (status = 401, description = "Missing or wrong token (when TOKEN is set)", body = wire::ErrorBody)))]
 pub async fn register(
     State(state): State<AppState>,
     JsonBody(registration): JsonBody<Registration>,
@@ -54,6 +55,7 @@ pub fn check_url(url: &str) -> Result<(), ApiError> {
     }
 }
 
+#[utoipa::path(post, path = "/workers/{id}/heartbeat", tag = "workers", params(("id" = String, Path, description = "Worker id")), security((), ("bearer" = [])), responses((status = 204, description = "Seen"), (status = 401, description = "Missing or wrong token (when TOKEN is set)", body = wire::ErrorBody), (status = 404, description = "Unknown worker: register again", body = wire::ErrorBody)))]
 pub async fn heartbeat(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -67,6 +69,7 @@ pub async fn heartbeat(
     }
 }
 
+#[utoipa::path(delete, path = "/workers/{id}", tag = "workers", params(("id" = String, Path, description = "Worker id")), security((), ("bearer" = [])), responses((status = 204, description = "Leaving: gets no new tasks"), (status = 401, description = "Missing or wrong token (when TOKEN is set)", body = wire::ErrorBody), (status = 404, description = "Unknown worker", body = wire::ErrorBody)))]
 pub async fn deregister(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -78,6 +81,7 @@ pub async fn deregister(
     }
 }
 
+#[utoipa::path(get, path = "/workers", tag = "workers", responses((status = 200, description = "Workers with their ops, slots, busy slots and counts", body = Vec<wire::planner::WorkerView>)))]
 pub async fn list(State(state): State<AppState>) -> Json<Vec<WorkerView>> {
     Json(state.planner.workers())
 }
