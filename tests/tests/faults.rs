@@ -242,12 +242,15 @@ async fn every_acknowledged_task_completes_after_the_planner_is_killed_and_resta
         .iter()
         .filter(|v| v.status == TaskStatus::Done && v.result == expected(&v.op, &v.args))
         .count();
+    let recorded = stats(&system).await?.by_status.get("done").copied().unwrap_or(0);
     println!(
-        "planner SIGKILL + restart: submitted {} / completed {completed} / lost {}",
+        "planner SIGKILL + restart: submitted {} / completed {completed} / lost {} / duplicated {}",
         ids.len(),
-        ids.len() - completed
+        ids.len() - completed,
+        recorded.saturating_sub(ids.len() as u64)
     );
     assert_eq!(completed, ids.len());
+    assert_eq!(recorded, ids.len() as u64, "each task recorded exactly once");
     // New submissions continue after the recovered ids.
     let more = system
         .submit_ids(&json!({"op": "add", "args": [1, 1]}))
