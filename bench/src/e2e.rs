@@ -18,13 +18,14 @@ pub struct Throughput {
     pub slots: u32,
     pub tasks: u64,
     pub batch: u64,
-    /// First submit to the last submission acknowledged.
+    /// First submit to the last batch submitted (and, for the last batch,
+    /// finished).
     pub submit_secs: f64,
     /// First submit to the last completion.
     pub secs: f64,
     pub tasks_per_s: f64,
     pub ratio_to_ceiling: f64,
-    /// Results checked against native arithmetic (a sample of the most recent).
+    /// Results checked against native arithmetic (the last batch's).
     pub checked: u64,
     /// CPU time per task during the run, in µs.
     pub planner_cpu_us: f64,
@@ -54,11 +55,14 @@ pub struct Measured {
     pub latency: Latency,
     pub gap: Gap,
     pub worker_idle_rss_kib: u64,
+    /// The same single-task latency with `STORE=memory`: what durability
+    /// (an fsync before a submission is acknowledged) adds.
+    pub memory_latency: Latency,
 }
 
 pub async fn measure(plan: &Plan) -> Result<Measured> {
     let dir = tempfile::Builder::new().prefix("bench-e2e-").tempdir()?;
-    let mut planner = system::start_planner(dir.path(), "planner").await?;
+    let mut planner = system::start_planner(dir.path(), "planner", &[]).await?;
     let url = planner.url();
     let mut workers = Vec::new();
     let outcome = async {
@@ -91,7 +95,36 @@ pub async fn measure(plan: &Plan) -> Result<Measured> {
             latency,
             gap,
             worker_idle_rss_kib,
+            memory_latency: Latency::default(),
         })
+    }
+    .await;
+    system::stop_all(&mut planner, &mut workers).await;
+    if outcome.is_err() {
+        eprintln!("bench: logs of the failed run: {}", dir.keep().display());
+        return outcome;
+    }
+    let memory_latency = memory_latency(plan).await?;
+    outcome.map(|measured| Measured {
+        memory_latency,
+        ..measured
+    })
+}
+
+/// Single-task latency against a planner with `STORE=memory` and one worker.
+async fn memory_latency(plan: &Plan) -> Result<Latency> {
+    let dir = tempfile::Builder::new()
+        .prefix("bench-memory-store-")
+        .tempdir()?;
+    let mut planner =
+        system::start_planner(dir.path(), "planner-memory", &[("STORE", "memory")]).await?;
+    let url = planner.url();
+    let mut workers = Vec::new();
+    let outcome = async {
+        workers.push(system::start_worker(dir.path(), &url, "bench-memory-1", plan.slots).await?);
+        let client = system::client()?;
+        system::wait_for_workers(&client, &url, 1).await?;
+        latency(plan, &client, &url).await
     }
     .await;
     system::stop_all(&mut planner, &mut workers).await;
@@ -102,7 +135,7 @@ pub async fn measure(plan: &Plan) -> Result<Measured> {
 }
 
 fn task(i: u64) -> NewTask {
-    let op = if i % 2 == 0 { "add" } else { "mul" };
+    let op = if i.is_multiple_of(2) { "add" } else { "mul" };
     NewTask {
         op: op.into(),
         args: vec![(i % 100_000) as i64, 7],
@@ -137,25 +170,50 @@ async fn throughput(
     let started = Instant::now();
     let deadline = started + plan.phase_timeout;
     let mut submitted = 0;
+    // The last batch waits for its tasks (`?wait=true`): dispatch is FIFO,
+    // so its answer comes with the last completions, without polling the
+    // planner while it works. /stats then confirms every task finished.
+    let mut last_views = Vec::new();
     while submitted < plan.tasks {
         let n = plan.batch.min(plan.tasks - submitted);
+        let last = submitted + n == plan.tasks;
         let batch: Vec<NewTask> = (submitted..submitted + n).map(task).collect();
+        let query = if last {
+            format!("?wait=true&timeout_ms={}", plan.phase_timeout.as_millis())
+        } else {
+            String::new()
+        };
         let response = client
-            .post(format!("{url}/tasks"))
+            .post(format!("{url}/tasks{query}"))
             .json(&batch)
             .send()
             .await
             .context("submitting a batch")?;
-        if response.status() != reqwest::StatusCode::ACCEPTED {
+        let status = response.status();
+        let expected = if last {
+            reqwest::StatusCode::OK
+        } else {
+            reqwest::StatusCode::ACCEPTED
+        };
+        if status != expected {
             bail!(
-                "batch refused: HTTP {}: {}",
-                response.status(),
+                "batch answered HTTP {status}: {}",
                 response.text().await.unwrap_or_default()
             );
         }
-        let accepted: Accepted = response.json().await.context("reading the accepted ids")?;
-        if accepted.ids.len() as u64 != n {
-            bail!("{} ids for {n} tasks", accepted.ids.len());
+        if last {
+            last_views = response
+                .json::<Vec<TaskView>>()
+                .await
+                .context("reading the last batch")?;
+            if last_views.len() as u64 != n {
+                bail!("{} tasks answered for {n}", last_views.len());
+            }
+        } else {
+            let accepted: Accepted = response.json().await.context("reading the accepted ids")?;
+            if accepted.ids.len() as u64 != n {
+                bail!("{} ids for {n} tasks", accepted.ids.len());
+            }
         }
         submitted += n;
         if Instant::now() > deadline {
@@ -176,7 +234,7 @@ async fn throughput(
                 plan.phase_timeout
             );
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
     };
     let secs = started.elapsed().as_secs_f64();
     let cpu_after = cpu()?;
@@ -186,7 +244,7 @@ async fn throughput(
     if failed > 0 {
         bail!("{failed} tasks failed in the throughput run");
     }
-    let checked = check_results(client, url).await?;
+    let checked = check_results(&last_views)?;
     Ok(Throughput {
         workers: plan.workers,
         slots: plan.slots,
@@ -207,22 +265,16 @@ fn finished(stats: &Stats) -> u64 {
     count(stats, "done") + count(stats, "failed") + count(stats, "cancelled")
 }
 
-/// Checks the most recent results against native arithmetic.
-async fn check_results(client: &reqwest::Client, url: &str) -> Result<u64> {
-    let views: Vec<TaskView> = client
-        .get(format!("{url}/tasks?status=done&limit=1000"))
-        .send()
-        .await?
-        .json()
-        .await
-        .context("reading /tasks")?;
-    for view in &views {
-        if view.result != expected(view) {
+/// Checks results against native arithmetic.
+fn check_results(views: &[TaskView]) -> Result<u64> {
+    for view in views {
+        if view.status != TaskStatus::Done || view.result != expected(view) {
             bail!(
-                "task {} {}{:?} = {:?}, expected {:?}",
+                "task {} {}{:?}: {} {:?}, expected {:?}",
                 view.id,
                 view.op,
                 view.args,
+                view.status.as_str(),
                 view.result,
                 expected(view)
             );

@@ -61,3 +61,12 @@ pub fn describe() -> Machine {
         rustc,
     }
 }
+
+/// The 1-minute load average: other work on the machine competes with the
+/// benchmark for its cores, so the report says how busy it was.
+pub fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}

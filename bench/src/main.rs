@@ -181,7 +181,10 @@ async fn run(args: Args) -> Result<()> {
         if plan.quick { " (quick)" } else { "" }
     );
     let started = Instant::now();
-    let mut figures = Figures::default();
+    let mut figures = Figures {
+        load_start: machine::load_average(),
+        ..Figures::default()
+    };
 
     progress("1/6 ceiling: trivial axum handler, keep-alive reqwest client");
     figures.ceiling = ceiling::measure(&plan)
@@ -196,6 +199,7 @@ async fn run(args: Args) -> Result<()> {
             figures.throughput.tasks_per_s / figures.ceiling.round_trips_per_s;
     }
     figures.latency = e2e.latency;
+    figures.memory_latency = e2e.memory_latency;
     figures.gap = e2e.gap;
     figures.worker_idle_rss_kib = e2e.worker_idle_rss_kib;
 
@@ -209,6 +213,11 @@ async fn run(args: Args) -> Result<()> {
         .await
         .context("measuring the planner's memory")?;
     figures.wall_secs = started.elapsed().as_secs_f64();
+    figures.load_end = machine::load_average();
+    println!(
+        "\nload average (1 min): {:.2} at the start, {:.2} at the end ({} CPUs)",
+        figures.load_start, figures.load_end, machine.cpus
+    );
 
     let rows = report::rows(&figures);
     println!();

@@ -24,7 +24,7 @@ pub struct PlannerMemory {
 
 pub async fn measure(plan: &Plan) -> Result<PlannerMemory> {
     let dir = tempfile::Builder::new().prefix("bench-memory-").tempdir()?;
-    let mut planner = system::start_planner(dir.path(), "planner-queue").await?;
+    let mut planner = system::start_planner(dir.path(), "planner-queue", &[]).await?;
     let outcome = fill(plan, &planner).await;
     planner.stop(Duration::from_secs(10)).await;
     outcome
@@ -43,7 +43,7 @@ async fn fill(plan: &Plan, planner: &planner::local::process::Service) -> Result
         let n = MAX_BATCH.min(plan.queued - submitted);
         let batch: Vec<NewTask> = (submitted..submitted + n)
             .map(|i| NewTask {
-                op: if i % 2 == 0 { "add" } else { "mul" }.into(),
+                op: if i.is_multiple_of(2) { "add" } else { "mul" }.into(),
                 args: vec![(i % 1000) as i64, 3],
             })
             .collect();

@@ -18,11 +18,15 @@ pub struct Figures {
     pub ceiling: Ceiling,
     pub throughput: Throughput,
     pub latency: Latency,
+    pub memory_latency: Latency,
     pub gap: Gap,
     pub wasm: WasmCost,
     pub worker_idle_rss_kib: u64,
     pub planner_memory: PlannerMemory,
     pub wall_secs: f64,
+    /// 1-minute load average when the run started and when it ended.
+    pub load_start: f64,
+    pub load_end: f64,
 }
 
 /// Latencies in µs, 3 significant digits, up to an hour.
@@ -160,6 +164,16 @@ pub fn rows(f: &Figures) -> Vec<Row> {
             Verdict::Info,
         ),
         row(
+            "3",
+            "  the same with STORE=memory (no fsync before the ack), p50 / p99",
+            format!(
+                "{:.0} / {:.0} µs",
+                f.memory_latency.p50_us, f.memory_latency.p99_us
+            ),
+            "",
+            Verdict::Info,
+        ),
+        row(
             "4",
             format!(
                 "dispatch gap p50 ({} dispatches, planner's /stats)",
@@ -235,8 +249,8 @@ pub fn table(rows: &[Row]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<2} {:<width$}  {:>value_width$}  {:<10} {}",
-        "#", "figure", "value", "target", ""
+        "{:<2} {:<width$}  {:>value_width$}  {:<10}",
+        "#", "figure", "value", "target"
     );
     for r in rows {
         let _ = writeln!(
@@ -269,7 +283,8 @@ pub fn markdown(
     let _ = writeln!(
         out,
         "Run: {} workers × {} slots (concurrency {}), {} tasks in batches of {}, ceiling measured for {:?}, \
-         {} single-task samples, {} queued tasks, WASM loops of {:?}; {:.0} s in all.\n",
+         {} single-task samples, {} queued tasks, WASM loops of {:?}; {:.0} s in all. \
+         Load average (1 min) {:.2} at the start, {:.2} at the end.\n",
         plan.workers,
         plan.slots,
         plan.concurrency(),
@@ -279,7 +294,9 @@ pub fn markdown(
         plan.latency_samples,
         plan.queued,
         plan.wasm,
-        f.wall_secs
+        f.wall_secs,
+        f.load_start,
+        f.load_end
     );
     let _ = writeln!(out, "| # | figure | value | target | |");
     let _ = writeln!(out, "|---|---|---:|---|---|");

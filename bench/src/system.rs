@@ -20,13 +20,17 @@ pub fn client() -> Result<reqwest::Client> {
         .context("building the HTTP client")
 }
 
-/// A planner in its default (durable) configuration, its data in `dir`.
-pub async fn start_planner(dir: &Path, name: &str) -> Result<Service> {
+/// A planner in its default (durable) configuration, its data in `dir`;
+/// `env` adds to or overrides that.
+pub async fn start_planner(dir: &Path, name: &str, env: &[(&str, &str)]) -> Result<Service> {
     let mut cmd = Command::new(sibling_binary("planner")?);
     cmd.arg("serve")
         .env("PORT", "0")
         .env("BIND", "127.0.0.1")
         .env("DATA_DIR", dir.join(format!("{name}-data")));
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
     Service::start(name, cmd, &dir.join(format!("{name}.log"))).await
 }
 

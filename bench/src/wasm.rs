@@ -48,8 +48,8 @@ pub async fn measure(plan: &Plan) -> Result<WasmCost> {
             call(&sandbox, &module, i)?;
         }
         let started = Instant::now();
-        let mut calls = 0;
-        while calls < MAX_CALLS && (calls % 256 != 0 || started.elapsed() < duration) {
+        let mut calls = 0u64;
+        while calls < MAX_CALLS && (!calls.is_multiple_of(256) || started.elapsed() < duration) {
             call(&sandbox, &module, calls as i64)?;
             calls += 1;
         }
@@ -96,7 +96,7 @@ fn native(duration: Duration) -> f64 {
     let started = Instant::now();
     let mut calls = 0u64;
     let mut sum = 0i64;
-    while calls < MAX_NATIVE && (calls % 65_536 != 0 || started.elapsed() < duration) {
+    while calls < MAX_NATIVE && (!calls.is_multiple_of(65_536) || started.elapsed() < duration) {
         let value = black_box(calls as i64)
             .checked_add(black_box(2))
             .unwrap_or(0);
