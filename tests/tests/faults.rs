@@ -124,10 +124,19 @@ async fn a_sigterm_lets_the_task_in_flight_finish_and_the_worker_deregisters() -
     // Running at the worker, not just handed out by the planner: a task that
     // reaches a draining worker is (rightly) bounced back to the queue.
     let url = system.worker("draining").url();
-    poll(Duration::from_secs(5), "the worker to run the task", || async {
-        let text = reqwest::get(format!("{url}/")).await.ok()?.text().await.ok()?;
-        (!text.starts_with("ready to work")).then_some(())
-    })
+    poll(
+        Duration::from_secs(5),
+        "the worker to run the task",
+        || async {
+            let text = reqwest::get(format!("{url}/"))
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            (!text.starts_with("ready to work")).then_some(())
+        },
+    )
     .await?;
     let worker = system.worker_mut("draining");
     worker.terminate();
@@ -242,7 +251,12 @@ async fn every_acknowledged_task_completes_after_the_planner_is_killed_and_resta
         .iter()
         .filter(|v| v.status == TaskStatus::Done && v.result == expected(&v.op, &v.args))
         .count();
-    let recorded = stats(&system).await?.by_status.get("done").copied().unwrap_or(0);
+    let recorded = stats(&system)
+        .await?
+        .by_status
+        .get("done")
+        .copied()
+        .unwrap_or(0);
     println!(
         "planner SIGKILL + restart: submitted {} / completed {completed} / lost {} / duplicated {}",
         ids.len(),
@@ -250,7 +264,11 @@ async fn every_acknowledged_task_completes_after_the_planner_is_killed_and_resta
         recorded.saturating_sub(ids.len() as u64)
     );
     assert_eq!(completed, ids.len());
-    assert_eq!(recorded, ids.len() as u64, "each task recorded exactly once");
+    assert_eq!(
+        recorded,
+        ids.len() as u64,
+        "each task recorded exactly once"
+    );
     // New submissions continue after the recovered ids.
     let more = system
         .submit_ids(&json!({"op": "add", "args": [1, 1]}))
