@@ -134,6 +134,13 @@ pub fn rows(f: &Figures) -> Vec<Row> {
         ),
         row(
             "2",
+            "  every batch submitted after / every task finished after",
+            format!("{:.1} s / {:.1} s", t.submit_secs, t.secs),
+            "",
+            Verdict::Info,
+        ),
+        row(
+            "2",
             "  CPU per task: planner / workers / bench client",
             format!(
                 "{:.0} / {:.0} / {:.0} µs",
