@@ -11,7 +11,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::http::header;
 use axum::routing::post;
-use planner::local::process::Service;
+use launcher::process::Service;
 use serde::Serialize;
 use tokio::process::Command;
 use wire::worker::TaskRequest;

@@ -10,7 +10,7 @@ use wire::planner::{Accepted, NewTask, Stats, TaskStatus, TaskView};
 
 use crate::Plan;
 use crate::system::{self, count, cpu_time};
-use planner::local::process::Service;
+use launcher::process::Service;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Throughput {

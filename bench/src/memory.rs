@@ -30,7 +30,7 @@ pub async fn measure(plan: &Plan) -> Result<PlannerMemory> {
     outcome
 }
 
-async fn fill(plan: &Plan, planner: &planner::local::process::Service) -> Result<PlannerMemory> {
+async fn fill(plan: &Plan, planner: &launcher::process::Service) -> Result<PlannerMemory> {
     let client = system::client()?;
     let url = planner.url();
     // Let start-up allocations settle (and make sure it answers).

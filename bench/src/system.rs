@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use planner::local::process::{Service, sibling_binary};
+use launcher::process::{Service, sibling_binary};
 use tokio::process::Command;
 use wire::planner::{Stats, WorkerView};
 

@@ -1,9 +1,8 @@
-//! The planner's command line: `planner` (or `planner serve`) runs the
-//! service; `planner local` runs a whole system on this machine.
+//! The planner's settings: every one an environment variable and a flag.
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -16,17 +15,26 @@ pub struct Cli {
     pub command: Option<Command>,
     #[command(flatten)]
     pub serve: ServeConfig,
+    #[command(flatten)]
+    pub log: serve::logging::LogArgs,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run the planner service (the default).
+    /// Run the planner service (the default; the word is accepted so that
+    /// container commands can name it).
     Serve,
-    /// Run a planner and workers as local processes, submit tasks, check every result.
-    Local(crate::local::LocalArgs),
 }
 
-#[derive(Args, Debug, Clone)]
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    /// SQLite under DATA_DIR: tasks survive restarts.
+    Durable,
+    /// Nothing survives a restart.
+    Memory,
+}
+
+#[derive(clap::Args, Debug, Clone)]
 pub struct ServeConfig {
     /// Port to listen on (0 picks a free one).
     #[arg(long, env = "PORT", default_value_t = 3000)]
@@ -37,9 +45,9 @@ pub struct ServeConfig {
     /// Where accepted tasks and results are kept (SQLite).
     #[arg(long, env = "DATA_DIR", default_value = "planner-data")]
     pub data_dir: PathBuf,
-    /// `durable` (the default) keeps tasks across restarts; `memory` does not.
-    #[arg(long, env = "STORE", default_value = "durable", value_parser = ["durable", "memory"])]
-    pub store: String,
+    /// Where tasks are kept.
+    #[arg(long, env = "STORE", value_enum, default_value_t = StoreKind::Durable)]
+    pub store: StoreKind,
     /// Shared bearer token for workers and module uploads; unset = no auth.
     #[arg(long, env = "TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -58,10 +66,16 @@ pub struct ServeConfig {
     /// Longest wait for a worker's answer to one task (ms).
     #[arg(long, env = "DISPATCH_TIMEOUT_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub dispatch_timeout_ms: u64,
+    /// On SIGTERM, how long open connections get to finish (ms) before the
+    /// planner flushes its store and exits anyway. Keep it below the pod's
+    /// terminationGracePeriodSeconds (the chart's default is 30 s).
+    #[arg(long, env = "DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub drain_timeout_ms: u64,
     /// Finished tasks kept in memory for queries (all stay in the store).
     #[arg(long, env = "RETAIN_FINISHED", default_value_t = 100_000)]
     pub retain_finished: usize,
-    /// Enqueue this many random add/mul tasks at start, as in the exercise.
+    /// Enqueue this many random add/mul tasks when the store is fresh, as in
+    /// the exercise.
     #[arg(long, env = "TASKS", default_value_t = 0)]
     pub tasks: usize,
 }

@@ -1,5 +1,9 @@
 //! The planner: accepts tasks, keeps them durably, dispatches each to an idle
 //! worker that offers its op.
+//!
+//! [`run`] is the binary's entry (bind, then [`serve`] until SIGTERM);
+//! [`serve`] takes its listener and its stop signal as arguments, so tests
+//! drive a whole planner in process.
 
 pub mod api;
 pub mod board;
@@ -7,33 +11,91 @@ pub mod config;
 pub mod dispatch;
 pub mod events;
 pub mod latency;
-pub mod local;
 pub mod modules;
 pub mod planner;
-pub mod random_tasks;
-pub mod rollout;
 pub mod store;
 pub mod task;
 pub mod telemetry;
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serve::auth::Token;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::board::Board;
-use crate::config::ServeConfig;
+use crate::config::{ServeConfig, StoreKind};
 use crate::dispatch::Dispatcher;
 use crate::modules::Modules;
-use crate::planner::{Limits, Parts, Planner};
-use crate::rollout::Pusher;
+use crate::planner::{Limits, Parts, Planner, Pusher};
 use crate::store::{Durability, Store};
 
-pub async fn serve(config: ServeConfig) -> Result<()> {
+/// Binds the configured address and serves until SIGTERM or Ctrl-C.
+pub async fn run(config: ServeConfig) -> Result<()> {
+    let (listener, _) = serve::listen::bind(&config.bind, config.port).await?;
+    serve(config, listener, serve::shutdown::signal()).await
+}
+
+/// Serves the planner's API on `listener` until `shutdown` resolves, then
+/// stops in bounded time: event streams end, `?wait=true` requests answer
+/// with what they have, open connections get `drain_timeout_ms` to finish,
+/// and the store is flushed before returning.
+pub async fn serve(
+    config: ServeConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     let metrics = serve::metrics::install();
-    let durability = match config.store.as_str() {
-        "memory" => Durability::Memory,
-        _ => Durability::Durable(config.data_dir.clone()),
+    let planner = build(&config).await?;
+    tracing::info!(durable = planner.store().is_durable(), data_dir = %config.data_dir.display(), "planner ready");
+    let stopping = CancellationToken::new();
+    let reaper = tokio::spawn(planner.clone().reap_forever());
+    let state = api::AppState {
+        planner: planner.clone(),
+        metrics,
+        stopping: stopping.clone(),
+    };
+    let auth = api::AuthPolicy {
+        token: Token::new(config.token.clone()),
+        submit_requires_token: config.submit_requires_token,
+    };
+    let signal = {
+        let stopping = stopping.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("stopping: no new connections; draining open ones");
+            stopping.cancel();
+        }
+    };
+    let server = axum::serve(listener, api::app(state, auth))
+        .with_graceful_shutdown(signal)
+        .into_future();
+    let drain = Duration::from_millis(config.drain_timeout_ms);
+    let deadline = async {
+        stopping.cancelled().await;
+        tokio::time::sleep(drain).await;
+    };
+    tokio::select! {
+        served = server => served.context("serving HTTP")?,
+        () = deadline => tracing::warn!(
+            drain_ms = config.drain_timeout_ms,
+            "connections still open after the drain deadline; closing them"
+        ),
+    }
+    reaper.abort();
+    planner.store().flush().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The planner with its store opened and recovered, and `TASKS` seeded.
+async fn build(config: &ServeConfig) -> Result<Arc<Planner>> {
+    let durability = match config.store {
+        StoreKind::Memory => Durability::Memory,
+        StoreKind::Durable => Durability::Durable(config.data_dir.clone()),
     };
     let (store, recovered) = Store::open(&durability, config.retain_finished)
         .with_context(|| format!("opening the task store in {}", config.data_dir.display()))?;
@@ -71,41 +133,22 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
         next_id: recovered.next_id,
         limits,
         modules,
-        pusher: Pusher::new(token.clone())?,
+        pusher: Pusher::new(token)?,
     });
-    tokio::spawn(planner.clone().reap_forever());
     // TASKS seeds a fresh planner once: a restarted one (a pod rescheduled
     // onto its volume) must not enqueue the batch again.
-    let fresh = recovered.next_id == 1;
-    if config.tasks > 0 && !fresh {
+    if config.tasks > 0 && !recovered.fresh {
         tracing::info!(
             tasks = config.tasks,
             "TASKS ignored: the data dir already holds tasks from an earlier run"
         );
     }
-    if config.tasks > 0 && fresh {
+    if config.tasks > 0 && recovered.fresh {
         let (ids, _) = planner
-            .submit(random_tasks::generate(config.tasks), false)
+            .submit(wire::random::generate(config.tasks), false)
             .await
             .context("enqueueing the TASKS random tasks")?;
         tracing::info!(count = ids.len(), "enqueued random tasks");
     }
-
-    let (listener, _) = serve::listen::bind(&config.bind, config.port).await?;
-    tracing::info!(durable = planner.store().is_durable(), data_dir = %config.data_dir.display(), "planner ready");
-    let state = api::AppState {
-        planner: planner.clone(),
-        metrics,
-    };
-    let auth = api::AuthPolicy {
-        token,
-        submit_requires_token: config.submit_requires_token,
-    };
-    axum::serve(listener, api::app(state, auth))
-        .with_graceful_shutdown(serve::shutdown::signal())
-        .await
-        .context("serving HTTP")?;
-    planner.store().flush().await;
-    tracing::info!("stopped");
-    Ok(())
+    Ok(planner)
 }

@@ -1,17 +1,11 @@
 use clap::Parser;
-use planner::config::{Cli, Command};
+use planner::config::Cli;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Some(Command::Local(args)) => planner::local::run(args).await,
-        Some(Command::Serve) | None => {
-            serve::logging::init();
-            planner::serve(cli.serve).await
-        }
-    };
-    match result {
+    serve::logging::init(&cli.log);
+    match planner::run(cli.serve).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("planner: {err:#}");

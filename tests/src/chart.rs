@@ -44,7 +44,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use base64::Engine;
-use planner::local::process::{Service, sibling_binary};
+use launcher::process::{Service, sibling_binary};
 use serde::Deserialize;
 use serde_json::Value;
 

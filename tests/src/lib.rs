@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use planner::local::process::{Service, sibling_binary};
+use launcher::process::{Service, sibling_binary};
 use serde_json::Value;
 use tokio::process::Command;
 use wire::TaskId;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::routing::post;
 use e2e::{System, poll, worker_command};
-use planner::local::process::Service;
+use launcher::process::Service;
 use serde_json::{Value, json};
 use wire::planner::TaskStatus;
 

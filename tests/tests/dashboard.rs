@@ -72,7 +72,7 @@ async fn the_dashboard_shows_workers_by_flavor_and_runs_a_task_from_its_form() -
     outcome.with_context(|| {
         format!(
             "planner log:\n{}",
-            planner::local::process::tail(&system.planner.log, 20)
+            launcher::process::tail(&system.planner.log, 20)
         )
     })?;
     shot
@@ -503,7 +503,7 @@ async fn readme_screenshot() -> Result<()> {
     outcome.with_context(|| {
         format!(
             "planner log:\n{}",
-            planner::local::process::tail(&system.planner.log, 20)
+            launcher::process::tail(&system.planner.log, 20)
         )
     })
 }

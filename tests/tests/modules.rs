@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use e2e::{System, fixture, fixture_dir, worker_command};
-use planner::local::process::Service;
+use launcher::process::Service;
 use serde_json::json;
 
 #[tokio::test]

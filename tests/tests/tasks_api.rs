@@ -141,7 +141,15 @@ async fn random_tasks_come_from_startup_and_from_the_api() -> anyhow::Result<()>
         .await?;
     assert_eq!(status, 202, "{body}");
     system.add_worker("w1", &[("SLOTS", "4")]).await?;
-    let ids: Vec<u64> = (1..=12).collect();
+    let listed: Vec<wire::planner::TaskView> = system
+        .client
+        .get(system.url("/tasks?limit=100"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let ids: Vec<u64> = listed.iter().map(|t| t.id).collect();
+    assert_eq!(ids.len(), 12, "7 from TASKS and 5 from the API");
     let views = system.wait_final(&ids, Duration::from_secs(30)).await?;
     for view in views {
         assert_eq!(view.status, TaskStatus::Done);

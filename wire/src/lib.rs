@@ -5,6 +5,8 @@
 
 pub mod legacy;
 pub mod planner;
+#[cfg(feature = "random")]
+pub mod random;
 pub mod worker;
 
 use serde::{Deserialize, Serialize};

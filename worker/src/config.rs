@@ -60,6 +60,8 @@ pub struct Config {
     /// Interval between heartbeats to the planner, in ms.
     #[arg(long, env = "HEARTBEAT_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
     pub heartbeat_ms: u64,
+    #[command(flatten)]
+    pub log: serve::logging::LogArgs,
 }
 
 impl Config {

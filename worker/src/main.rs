@@ -2,8 +2,8 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    serve::logging::init();
     let config = worker::config::Config::parse();
+    serve::logging::init(&config.log);
     match worker::run(config).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

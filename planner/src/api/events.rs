@@ -20,6 +20,7 @@ use crate::events::Event;
 pub async fn stream(
     State(state): State<AppState>,
 ) -> SseResponse<impl Stream<Item = Result<Sse, Infallible>>> {
+    let stopping = state.stopping.clone().cancelled_owned();
     let events = BroadcastStream::new(state.planner.events().subscribe()).map(|item| {
         Ok(match item {
             Ok(Event::Task(view)) => Sse::default()
@@ -35,5 +36,8 @@ pub async fn stream(
             }
         })
     });
-    SseResponse::new(events).keep_alive(KeepAlive::default())
+    // The stream ends when the planner stops, so a subscriber can't hold the
+    // drain open (curl -N exits; EventSource reconnects to another replica).
+    SseResponse::new(futures_util::StreamExt::take_until(events, stopping))
+        .keep_alive(KeepAlive::default())
 }

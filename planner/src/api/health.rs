@@ -1,5 +1,6 @@
 use axum::Json;
 use axum::extract::State;
+use axum::http::StatusCode;
 use serde_json::{Value, json};
 use wire::planner::Stats;
 
@@ -10,9 +11,18 @@ pub async fn live() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-#[utoipa::path(get, path = "/readyz", tag = "observe", responses((status = 200, description = "Ready to accept tasks", body = Object)))]
-pub async fn ready(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({"status": "ready", "durable": state.planner.store().is_durable()}))
+#[utoipa::path(get, path = "/readyz", tag = "observe", responses((status = 200, description = "Ready to accept tasks", body = Object), (status = 503, description = "Stopping: send new work elsewhere", body = Object)))]
+pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    if state.stopping.is_cancelled() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "stopping"})),
+        );
+    }
+    (
+        StatusCode::OK,
+        Json(json!({"status": "ready", "durable": state.planner.store().is_durable()})),
+    )
 }
 
 #[utoipa::path(get, path = "/stats", tag = "observe", responses((status = 200, description = "Counts by status and op, workers by flavor, throughput, dispatch gap", body = wire::planner::Stats)))]

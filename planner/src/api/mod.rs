@@ -30,6 +30,9 @@ const MAX_MODULE_BYTES: usize = 8 << 20;
 pub struct AppState {
     pub planner: Arc<Planner>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// Cancelled when the planner starts stopping: long-lived answers (event
+    /// streams, `?wait=true`) end on it so that draining never hangs.
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 pub struct AuthPolicy {

@@ -31,7 +31,7 @@ pub struct SubmitQuery {
 /// `POST /tasks`: one task or an array. 202 with the ids; with `?wait=true`,
 /// 200 with the finished task(s) (422 when a single task failed), or 202 with
 /// their current state if the wait times out.
-#[utoipa::path(post, path = "/tasks", tag = "tasks", params(SubmitQuery), request_body(content = wire::planner::Submission, description = "One task or an array of tasks"), responses((status = 202, description = "Accepted (and durably stored): the ids", body = wire::planner::Accepted), (status = 200, description = "With wait=true: the finished task (or array of tasks)", body = wire::planner::TaskView), (status = 422, description = "With wait=true: the single task failed (overflow, trap...)", body = wire::planner::TaskView), (status = 400, description = "Malformed body, invalid op name, wrong arity", body = wire::ErrorBody), (status = 401, description = "Missing or wrong token (when SUBMIT_REQUIRES_TOKEN)", body = wire::ErrorBody), (status = 413, description = "Body over 8 MiB or over 100,000 tasks", body = wire::ErrorBody), (status = 415, description = "Unsupported content type", body = wire::ErrorBody), (status = 503, description = "Queue full or store unavailable; retry after Retry-After seconds", body = wire::ErrorBody)))]
+#[utoipa::path(post, path = "/tasks", tag = "tasks", params(SubmitQuery), request_body(content = wire::planner::Submission, description = "One task or an array of tasks"), responses((status = 202, description = "Accepted (and durably stored): the ids", body = wire::planner::Accepted), (status = 200, description = "With wait=true: the finished task (or array of tasks); 202 with their current state when the wait times out or the planner is stopping", body = wire::planner::TaskView), (status = 422, description = "With wait=true: the single task failed (overflow, trap...)", body = wire::planner::TaskView), (status = 400, description = "Malformed body, invalid op name, wrong arity", body = wire::ErrorBody), (status = 401, description = "Missing or wrong token (when SUBMIT_REQUIRES_TOKEN)", body = wire::ErrorBody), (status = 413, description = "Body over 8 MiB or over 100,000 tasks", body = wire::ErrorBody), (status = 415, description = "Unsupported content type", body = wire::ErrorBody), (status = 503, description = "Queue full or store unavailable; retry after Retry-After seconds", body = wire::ErrorBody)))]
 pub async fn submit(
     State(state): State<AppState>,
     Query(query): Query<SubmitQuery>,
@@ -58,10 +58,15 @@ pub async fn submit(
     }
     let timeout =
         Duration::from_millis(query.timeout_ms.unwrap_or(DEFAULT_WAIT_MS).min(MAX_WAIT_MS));
-    let finished = tokio::time::timeout(timeout, futures_all(receivers)).await;
+    // A planner that is stopping answers at once with what it has (202, as
+    // for a timeout): the tasks are stored and run on, the client polls.
+    let finished = tokio::select! {
+        finished = tokio::time::timeout(timeout, futures_all(receivers)) => finished.ok().flatten(),
+        () = state.stopping.cancelled() => None,
+    };
     let (status, views) = match finished {
-        Ok(Some(views)) => (StatusCode::OK, views),
-        _ => (StatusCode::ACCEPTED, current_views(&state, &ids)),
+        Some(views) => (StatusCode::OK, views),
+        None => (StatusCode::ACCEPTED, current_views(&state, &ids)),
     };
     if single {
         let Some(view) = views.into_iter().next() else {
@@ -122,7 +127,7 @@ pub async fn random(
             "count must be between 1 and {MAX_BATCH}"
         )));
     }
-    let tasks = crate::random_tasks::generate(query.count);
+    let tasks = wire::random::generate(query.count);
     let (ids, _) = state
         .planner
         .submit(tasks, false)

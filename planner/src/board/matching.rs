@@ -48,19 +48,14 @@ impl Board {
                 queue.pop_front();
             }
             self.queued -= 1;
-            if let Some(assignment) = self.assign(task_id, &worker_id, now) {
+            if let Some(assignment) = self.assign(task_id, &worker_id) {
                 assignments.push(assignment);
             }
         }
         assignments
     }
 
-    fn assign(
-        &mut self,
-        task_id: TaskId,
-        worker_id: &Arc<str>,
-        _now: Instant,
-    ) -> Option<Assignment> {
+    fn assign(&mut self, task_id: TaskId, worker_id: &Arc<str>) -> Option<Assignment> {
         let dispatch = self.next_dispatch;
         self.next_dispatch += 1;
         let worker = self.workers.get_mut(worker_id)?;

@@ -1,4 +1,6 @@
 use super::*;
+use std::time::{Duration, Instant};
+use wire::planner::Registration;
 
 fn op(name: &str) -> wire::OpInfo {
     wire::OpInfo {
@@ -194,4 +196,34 @@ fn counts_follow_transitions_and_old_finished_tasks_leave_memory() {
         "the oldest finished task is evicted"
     );
     assert!(board.task(3).is_some());
+}
+
+#[test]
+fn a_draining_worker_that_keeps_beating_is_not_reaped_before_its_task_answers() {
+    let mut board = Board::new(3, 100);
+    register(&mut board, "w", &["add"], 1);
+    submit(&mut board, 1, "add");
+    let sent = board.pump(Instant::now()).remove(0);
+    board.deregister("w");
+    // Still working on task 1: its heartbeats are accepted, so it stays.
+    assert!(board.heartbeat("w"));
+    let (dead, _) = board.reap(Instant::now(), Duration::from_secs(3));
+    assert!(dead.is_empty());
+    assert_eq!(board.settle(&sent, done(3)).finished.len(), 1);
+    assert_eq!(board.view(1).unwrap().attempts, 1);
+    // Forgotten once its last task answered: now it must not come back.
+    assert!(!board.heartbeat("w"));
+}
+
+#[test]
+fn a_requeued_task_forgets_the_digest_of_the_worker_that_lost_it() {
+    let mut board = Board::new(3, 100);
+    register(&mut board, "w", &["add"], 1);
+    submit(&mut board, 1, "add");
+    let sent = board.pump(Instant::now()).remove(0);
+    assert!(board.view(1).unwrap().digest.is_some());
+    board.settle(&sent, Answer::Lost("reset".into()));
+    let view = board.view(1).unwrap();
+    assert_eq!(view.status, TaskStatus::Queued);
+    assert_eq!(view.digest, None);
 }

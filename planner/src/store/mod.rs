@@ -48,6 +48,21 @@ pub struct Recovered {
     /// Unfinished tasks (to run again) and the most recent finished ones.
     pub tasks: Vec<Task>,
     pub next_id: TaskId,
+    /// Nothing was ever stored here: a new planner, not a restarted one.
+    pub fresh: bool,
+}
+
+/// Where a fresh store starts numbering tasks: the time, in units of 2^20
+/// per second. A planner that lost its store (a memory store, an emptyDir
+/// volume) must never hand out an id it handed out before, or old ids would
+/// point to other tasks; counting from the clock guarantees that unless the
+/// previous incarnation sustained over a million tasks per second. Ids stay
+/// below 2^53, so JavaScript clients read them exactly, until the year 2242.
+pub fn first_id() -> TaskId {
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    (seconds << 20).max(1)
 }
 
 pub struct Store {
@@ -72,7 +87,8 @@ impl Store {
                     store,
                     Recovered {
                         tasks: Vec::new(),
-                        next_id: 1,
+                        next_id: first_id(),
+                        fresh: true,
                     },
                 ));
             }

@@ -31,7 +31,11 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
             started_at_ms INTEGER,
             finished_at_ms INTEGER
         );
-        CREATE INDEX IF NOT EXISTS tasks_unfinished ON tasks(status) WHERE status IN ('queued', 'running');",
+        CREATE INDEX IF NOT EXISTS tasks_unfinished ON tasks(status) WHERE status IN ('queued', 'running');
+        CREATE TABLE IF NOT EXISTS counters (
+            name TEXT PRIMARY KEY,
+            value INTEGER NOT NULL
+        );",
     )?;
     Ok(conn)
 }
@@ -40,7 +44,12 @@ pub fn apply(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
         let mut insert = tx.prepare_cached(
-            "INSERT OR IGNORE INTO tasks (id, op, args, status, attempts, submitted_at_ms) VALUES (?1, ?2, ?3, 'queued', 0, ?4)",
+            "INSERT INTO tasks (id, op, args, status, attempts, submitted_at_ms) VALUES (?1, ?2, ?3, 'queued', 0, ?4)",
+        )?;
+        // The id counter survives even when every task row is gone.
+        let mut next_id = tx.prepare_cached(
+            "INSERT INTO counters (name, value) VALUES ('next_id', ?1)
+             ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)",
         )?;
         let mut finish = tx.prepare_cached(
             "UPDATE tasks SET status = ?2, result = ?3, error = ?4, worker = ?5, digest = ?6, attempts = ?7,
@@ -57,6 +66,9 @@ pub fn apply(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<()> {
                             args_json(&t.args),
                             t.submitted_at_ms as i64
                         ])?;
+                    }
+                    if let Some(last) = tasks.iter().map(|t| t.id).max() {
+                        next_id.execute([last as i64 + 1])?;
                     }
                 }
                 Write::Finished(t) => {
@@ -90,9 +102,20 @@ pub fn apply(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<()> {
 const COLUMNS: &str = "id, op, args, status, result, error, worker, digest, attempts, submitted_at_ms, started_at_ms, finished_at_ms";
 
 pub fn recover(conn: &Connection, recent_finished: usize) -> rusqlite::Result<Recovered> {
-    let next_id = conn.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM tasks", [], |row| {
-        row.get::<_, i64>(0)
-    })? as u64;
+    let counted: Option<i64> = conn
+        .query_row(
+            "SELECT value FROM counters WHERE name = 'next_id'",
+            [],
+            |row| row.get(0),
+        )
+        .optional()?;
+    let after_max: Option<i64> =
+        conn.query_row("SELECT MAX(id) + 1 FROM tasks", [], |row| row.get(0))?;
+    let fresh = counted.is_none() && after_max.is_none();
+    let next_id = match counted.max(after_max) {
+        Some(next) => next as u64,
+        None => super::first_id(),
+    };
     let mut tasks = Vec::new();
     let mut finished = conn.prepare(&format!(
         "SELECT {COLUMNS} FROM tasks WHERE status NOT IN ('queued', 'running') ORDER BY id DESC LIMIT ?1"
@@ -112,7 +135,11 @@ pub fn recover(conn: &Connection, recent_finished: usize) -> rusqlite::Result<Re
         task.worker = None;
         tasks.push(task);
     }
-    Ok(Recovered { tasks, next_id })
+    Ok(Recovered {
+        tasks,
+        next_id,
+        fresh,
+    })
 }
 
 pub fn get(conn: &Connection, id: u64) -> rusqlite::Result<Option<Task>> {

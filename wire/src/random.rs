@@ -1,7 +1,7 @@
 //! Random tasks as the exercise makes them: add or mul, a and b in [0, 40).
 
+use crate::planner::NewTask;
 use rand::Rng;
-use wire::planner::NewTask;
 
 pub fn generate(count: usize) -> Vec<NewTask> {
     let mut rng = rand::rng();

@@ -57,6 +57,11 @@ impl Worker {
         }
     }
 
+    pub fn touch(&mut self) {
+        self.last_seen = Instant::now();
+        self.last_seen_ms = serve::now_ms();
+    }
+
     pub fn is_legacy(&self) -> bool {
         self.ops.is_none()
     }

@@ -1,27 +1,30 @@
-//! `planner local`: the whole system on this machine, as separate processes.
+//! `scripts/local`: the whole system on this machine, as separate processes.
 //!
 //! Starts a planner and the requested workers on 127.0.0.1, submits random
 //! add/mul tasks (as the exercise does), shows progress, checks every result
 //! against its own arithmetic and prints a summary. Exits non-zero unless
 //! every task succeeded with the right result.
 
-pub mod process;
-mod summary;
-
 use std::collections::BTreeMap;
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use clap::Args;
+use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::process::Command;
 use wire::TaskId;
 use wire::planner::{Accepted, NewTask, Stats};
 
-use self::process::Service;
+use crate::process::{self, Service};
+use crate::summary;
 
-#[derive(Args, Debug, Clone)]
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "launcher",
+    version,
+    about = "Runs a planner and workers as local processes, submits random tasks, checks every result"
+)]
 pub struct LocalArgs {
     /// General workers (ops add,mul).
     #[arg(long, default_value_t = 0)]
@@ -32,7 +35,8 @@ pub struct LocalArgs {
     /// Workers specialized in add.
     #[arg(long, default_value_t = 0)]
     pub add: u32,
-    /// Random tasks to submit.
+    /// Random tasks to submit (0 with --keep-running: an idle system to
+    /// send work to yourself).
     #[arg(long, default_value_t = 100)]
     pub tasks: usize,
     /// Artificial work time per task (ms): a number or a range like 3000-12000.
@@ -51,6 +55,10 @@ pub struct LocalArgs {
     /// Keep everything running after the summary, until Ctrl-C.
     #[arg(long)]
     pub keep_running: bool,
+    /// Keep the run directory (logs, the planner's data) after exiting; it is
+    /// kept anyway when the run fails, to read why.
+    #[arg(long)]
+    pub keep_logs: bool,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout_s: u64,
@@ -80,21 +88,39 @@ pub async fn run(args: LocalArgs) -> Result<()> {
             count: args.add,
         },
     ];
-    let total_workers: u32 = flavors.iter().map(|f| f.count).sum();
-    if total_workers == 0 {
+    if flavors.iter().all(|f| f.count == 0) {
         bail!("no workers: pass --general N, --mul N and/or --add N");
     }
     if args.tasks > 100_000 {
         bail!("--tasks: at most 100000 in one local run");
     }
+    if args.tasks == 0 && !args.keep_running {
+        bail!("--tasks 0 only makes sense with --keep-running (an idle system)");
+    }
     let worker_bin = process::sibling_binary("worker")?;
+    let planner_bin = process::sibling_binary("planner")?;
     let run_dir = tempfile::Builder::new()
         .prefix("workers-local-")
-        .tempdir()?
-        .keep();
+        .tempdir()?;
+    let result = run_in(&args, &flavors, &planner_bin, &worker_bin, run_dir.path()).await;
+    if args.keep_logs || result.is_err() {
+        let kept = run_dir.keep();
+        println!("logs kept in {}", kept.display());
+    }
+    result
+}
+
+async fn run_in(
+    args: &LocalArgs,
+    flavors: &[Flavor],
+    planner_bin: &std::path::Path,
+    worker_bin: &std::path::Path,
+    run_dir: &std::path::Path,
+) -> Result<()> {
+    let total_workers: u32 = flavors.iter().map(|f| f.count).sum();
     let client = reqwest::Client::new();
 
-    let mut planner_cmd = Command::new(std::env::current_exe()?);
+    let mut planner_cmd = Command::new(planner_bin);
     planner_cmd
         .arg("serve")
         .env("PORT", args.port.to_string())
@@ -107,13 +133,13 @@ pub async fn run(args: LocalArgs) -> Result<()> {
     println!("logs      {}", run_dir.display());
 
     let mut launches = Vec::new();
-    for flavor in &flavors {
+    for flavor in flavors {
         for i in 1..=flavor.count {
             launches.push((format!("{}-{i}", flavor.name), flavor.ops));
         }
     }
     let start_worker = |id: String, ops: &str| {
-        let mut cmd = Command::new(&worker_bin);
+        let mut cmd = Command::new(worker_bin);
         cmd.env("OPS", ops)
             .env("PORT", "0")
             .env("BIND", "127.0.0.1")
@@ -131,7 +157,21 @@ pub async fn run(args: LocalArgs) -> Result<()> {
             workers.push(start_worker(id.clone(), ops).await?);
         }
     }
-    let tasks = crate::random_tasks::generate(args.tasks);
+    if args.tasks == 0 {
+        println!(
+            "{total_workers} workers ready; submit with: curl -d '{{\"op\":\"mul\",\"args\":[6,7]}}' '{planner_url}/tasks?wait=true'"
+        );
+        println!("running; Ctrl-C to stop");
+        for (id, ops) in &launches {
+            if args.stagger_ms.is_some() {
+                workers.push(start_worker(id.clone(), ops).await?);
+            }
+        }
+        serve::shutdown::signal().await;
+        stop_all(&mut workers, &mut planner).await;
+        return Ok(());
+    }
+    let tasks = wire::random::generate(args.tasks);
     let started = Instant::now();
     let expected = submit(&client, &planner_url, &tasks).await?;
     println!(
@@ -160,13 +200,7 @@ pub async fn run(args: LocalArgs) -> Result<()> {
         println!("still running; Ctrl-C to stop");
         serve::shutdown::signal().await;
     }
-    for worker in &mut workers {
-        worker.terminate();
-    }
-    for worker in &mut workers {
-        worker.stop(Duration::from_secs(15)).await;
-    }
-    planner.stop(Duration::from_secs(5)).await;
+    stop_all(&mut workers, &mut planner).await;
     outcome?;
     let report = report?;
     if report.all_correct() {
@@ -178,6 +212,17 @@ pub async fn run(args: LocalArgs) -> Result<()> {
             report.total()
         )
     }
+}
+
+/// SIGTERM to every worker at once (they drain in parallel), then the planner.
+async fn stop_all(workers: &mut [Service], planner: &mut Service) {
+    for worker in workers.iter() {
+        worker.terminate();
+    }
+    for worker in workers.iter_mut() {
+        worker.stop(Duration::from_secs(15)).await;
+    }
+    planner.stop(Duration::from_secs(15)).await;
 }
 
 /// Submits the tasks in one request; returns each id with its expected result.

@@ -1,4 +1,4 @@
-//! Child processes of the local launcher (and of the end-to-end tests): the
+//! Child processes of the launcher (and of the end-to-end tests and the benchmark): the
 //! real `planner` and `worker` binaries, each announcing its address on stdout.
 
 use std::net::SocketAddr;
@@ -136,8 +136,11 @@ pub fn sibling_binary(name: &str) -> Result<PathBuf> {
     }
     let path = dir.join(name);
     if !path.exists() {
+        // The profile is the directory cargo put this executable in.
+        let release = dir.file_name().is_some_and(|d| d == "release");
+        let profile = if release { " --release" } else { "" };
         bail!(
-            "`{name}` binary not found at {}: build it first (cargo build --release -p {name})",
+            "`{name}` binary not found at {}: build it first (cargo build{profile} --bins)",
             path.display()
         );
     }

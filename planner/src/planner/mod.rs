@@ -1,0 +1,206 @@
+//! The planner's core: the board, the store and the dispatcher, tied together.
+//!
+//! Every change follows one path: lock the board, change it, unlock; then
+//! persist and wake waiters for what finished, and pump (hand queued tasks to
+//! free slots, each send in its own tokio task). Dispatch is driven by these
+//! events only: a task leaves the moment a capable slot is free, no polling.
+//!
+//! The operations are split by concern: [`tasks`] (submitting, reading,
+//! cancelling), [`workers`] (membership), [`rollout`] (modules for the fleet,
+//! pushed by [`push`]).
+
+mod push;
+mod rollout;
+mod tasks;
+mod workers;
+
+pub use push::Pusher;
+pub use rollout::ModuleError;
+pub use tasks::{MAX_ARGS, SubmitError};
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+use wire::TaskId;
+use wire::planner::{TaskView, WorkerChange, WorkerEvent};
+
+use crate::board::{Assignment, Board, Effects};
+use crate::dispatch::Dispatcher;
+use crate::events::{Event, Events};
+use crate::modules::Modules;
+use crate::store::Store;
+use crate::telemetry;
+
+pub struct Limits {
+    pub queue: usize,
+    pub heartbeat_timeout: Duration,
+}
+
+pub struct Planner {
+    board: Mutex<Board>,
+    store: Store,
+    dispatcher: Dispatcher,
+    next_id: AtomicU64,
+    waiters: Mutex<HashMap<TaskId, Vec<oneshot::Sender<TaskView>>>>,
+    limits: Limits,
+    gaps: crate::latency::Recorder,
+    modules: Modules,
+    pusher: Pusher,
+    events: Events,
+}
+
+/// What a planner is made of, for [`Planner::new`].
+pub struct Parts {
+    pub board: Board,
+    pub store: Store,
+    pub dispatcher: Dispatcher,
+    pub next_id: TaskId,
+    pub limits: Limits,
+    pub modules: Modules,
+    pub pusher: Pusher,
+}
+
+impl Planner {
+    pub fn new(parts: Parts) -> Arc<Self> {
+        let Parts {
+            board,
+            store,
+            dispatcher,
+            next_id,
+            limits,
+            modules,
+            pusher,
+        } = parts;
+        Arc::new(Self {
+            board: Mutex::new(board),
+            store,
+            dispatcher,
+            modules,
+            pusher,
+            next_id: AtomicU64::new(next_id),
+            waiters: Mutex::new(HashMap::new()),
+            limits,
+            gaps: crate::latency::Recorder::default(),
+            events: Events::default(),
+        })
+    }
+
+    fn board(&self) -> std::sync::MutexGuard<'_, Board> {
+        // A panic while holding the lock would be a bug; the state it left is
+        // still the best we have, so keep serving rather than poison forever.
+        self.board.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Hands every queued task that has a free capable slot to its worker.
+    /// `trigger` is when the event that may have made a match possible (a
+    /// task arriving, a slot freeing, a worker joining) happened: the time
+    /// from it to the send is the dispatch gap.
+    pub fn pump(self: &Arc<Self>) {
+        let trigger = Instant::now();
+        let (assignments, running) = {
+            let mut board = self.board();
+            let assignments = board.pump(trigger);
+            let running: Vec<TaskView> = if self.events.active() {
+                assignments
+                    .iter()
+                    .filter_map(|a| board.view(a.task))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            (assignments, running)
+        };
+        for view in running {
+            self.events.publish(Event::Task(view));
+        }
+        for assignment in assignments {
+            let planner = self.clone();
+            tokio::spawn(async move {
+                let gap = trigger.elapsed();
+                planner.gaps.record(gap);
+                telemetry::dispatch_gap(gap);
+                let answer = planner.dispatcher.send(&assignment).await;
+                planner.settle(&assignment, answer);
+            });
+        }
+    }
+
+    fn settle(self: &Arc<Self>, assignment: &Assignment, answer: crate::board::Answer) {
+        telemetry::answer(&answer);
+        let effects = self.board().settle(assignment, answer);
+        self.apply(effects);
+        self.pump();
+    }
+
+    fn apply(&self, effects: Effects) {
+        for (id, attempts) in effects.retried {
+            self.store.attempts(id, attempts);
+        }
+        for id in effects.dropped {
+            self.publish_worker(&id, WorkerChange::Dropped);
+        }
+        if self.events.active() && !effects.requeued.is_empty() {
+            let views: Vec<TaskView> = {
+                let board = self.board();
+                effects
+                    .requeued
+                    .iter()
+                    .filter_map(|id| board.view(*id))
+                    .collect()
+            };
+            for view in views {
+                self.events.publish(Event::Task(view));
+            }
+        }
+        if effects.finished.is_empty() {
+            return;
+        }
+        let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        for task in effects.finished {
+            if let Some(list) = waiters.remove(&task.id) {
+                let view = task.view(None);
+                for waiter in list {
+                    let _ = waiter.send(view.clone());
+                }
+            }
+            if self.events.active() {
+                self.events.publish(Event::Task(task.view(None)));
+            }
+            telemetry::finished(&task);
+            self.store.finished(task);
+        }
+    }
+
+    /// Publishes a worker's change, with its current record unless it is gone.
+    fn publish_worker(&self, id: &str, change: WorkerChange) {
+        if !self.events.active() {
+            return;
+        }
+        let worker = match change {
+            WorkerChange::Registered => self.board().worker(id),
+            WorkerChange::Left | WorkerChange::Dropped => None,
+        };
+        self.events.publish(Event::Worker(WorkerEvent {
+            id: id.to_string(),
+            change,
+            worker,
+        }));
+    }
+
+    pub fn events(&self) -> &Events {
+        &self.events
+    }
+
+    pub fn stats(&self) -> wire::planner::Stats {
+        let mut stats = self.board().stats();
+        stats.dispatch_gap_us = self.gaps.percentiles();
+        stats
+    }
+}

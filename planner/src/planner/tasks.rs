@@ -1,0 +1,146 @@
+//! Submitting, reading and cancelling tasks.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::sync::oneshot;
+use wire::TaskId;
+use wire::planner::{NewTask, TaskView};
+
+use super::Planner;
+use crate::board::{CancelError, Effects};
+use crate::events::Event;
+use crate::store::StoreError;
+use crate::task::Task;
+use crate::telemetry;
+
+/// Most arguments a task may carry.
+pub const MAX_ARGS: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the queue is full ({limit} tasks waiting); retry later")]
+    QueueFull { limit: usize },
+    #[error("could not persist the task: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl Planner {
+    /// Validates, persists, queues. With `wait`, also returns a receiver per
+    /// task that resolves when it reaches a final state.
+    pub async fn submit(
+        self: &Arc<Self>,
+        new: Vec<NewTask>,
+        wait: bool,
+    ) -> Result<(Vec<TaskId>, Vec<oneshot::Receiver<TaskView>>), SubmitError> {
+        if new.is_empty() {
+            return Err(SubmitError::Invalid("no tasks in the submission".into()));
+        }
+        self.validate(&new)?;
+        if self.board().queued() + new.len() > self.limits.queue {
+            return Err(SubmitError::QueueFull {
+                limit: self.limits.queue,
+            });
+        }
+        let first = self.next_id.fetch_add(new.len() as u64, Ordering::Relaxed);
+        let now = serve::now_ms();
+        let tasks: Vec<Task> = new
+            .into_iter()
+            .zip(first..)
+            .map(|(t, id)| Task::new(id, t.op.into(), t.args.into(), now))
+            .collect();
+        let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
+        self.store.insert(tasks.clone()).await?;
+        let receivers = if wait {
+            self.subscribe(&ids)
+        } else {
+            Vec::new()
+        };
+        let queued: Vec<TaskView> = if self.events.active() {
+            tasks.iter().map(|t| t.view(None)).collect()
+        } else {
+            Vec::new()
+        };
+        for task in &tasks {
+            telemetry::submitted(&task.op);
+        }
+        self.board().insert(tasks);
+        for view in queued {
+            self.events.publish(Event::Task(view));
+        }
+        self.pump();
+        Ok((ids, receivers))
+    }
+
+    fn validate(&self, new: &[NewTask]) -> Result<(), SubmitError> {
+        let board = self.board();
+        for (i, task) in new.iter().enumerate() {
+            let at = if new.len() > 1 {
+                format!("task {i}: ")
+            } else {
+                String::new()
+            };
+            if !wire::is_valid_op_name(&task.op) {
+                return Err(SubmitError::Invalid(format!(
+                    "{at}invalid op name `{}`: use lowercase letters, digits, `-` and `_`",
+                    task.op.chars().take(80).collect::<String>()
+                )));
+            }
+            if task.args.len() > MAX_ARGS {
+                return Err(SubmitError::Invalid(format!(
+                    "{at}too many arguments ({} > {MAX_ARGS})",
+                    task.args.len()
+                )));
+            }
+            if let Some(arity) = board.known_arity(&task.op)
+                && arity as usize != task.args.len()
+            {
+                return Err(SubmitError::Invalid(format!(
+                    "{at}op `{}` takes {arity} arguments, got {}",
+                    task.op,
+                    task.args.len()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn subscribe(&self, ids: &[TaskId]) -> Vec<oneshot::Receiver<TaskView>> {
+        let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        ids.iter()
+            .map(|id| {
+                let (tx, rx) = oneshot::channel();
+                waiters.entry(*id).or_default().push(tx);
+                rx
+            })
+            .collect()
+    }
+
+    pub fn view(&self, id: TaskId) -> Result<Option<TaskView>, StoreError> {
+        if let Some(view) = self.board().view(id) {
+            return Ok(Some(view));
+        }
+        Ok(self.store.get(id)?.map(|t| t.view(None)))
+    }
+
+    pub fn list(
+        &self,
+        status: Option<wire::planner::TaskStatus>,
+        op: Option<&str>,
+        limit: usize,
+    ) -> Vec<TaskView> {
+        self.board().list(status, op, limit)
+    }
+
+    pub fn cancel(&self, id: TaskId) -> Result<TaskView, CancelError> {
+        let cancelled = self.board().cancel(id)?;
+        let view = cancelled.view(None);
+        self.apply(Effects {
+            finished: vec![cancelled],
+            ..Effects::default()
+        });
+        Ok(view)
+    }
+}
