@@ -91,8 +91,9 @@ pub async fn serve(
     Ok(())
 }
 
-/// The planner with its store opened and recovered, and `TASKS` seeded.
-async fn build(config: &ServeConfig) -> Result<Arc<Planner>> {
+/// The planner with its store opened and recovered, and `TASKS` seeded;
+/// public so that tests can put it behind [`api::app`] without a socket.
+pub async fn build(config: &ServeConfig) -> Result<Arc<Planner>> {
     let durability = match config.store {
         StoreKind::Memory => Durability::Memory,
         StoreKind::Durable => Durability::Durable(config.data_dir.clone()),

@@ -50,13 +50,33 @@ pub struct OpInfo {
     pub doc: String,
 }
 
+/// Longest op name.
+pub const MAX_OP_NAME: usize = 64;
+
 /// Op names are short identifiers: they become file names (`<op>.wasm`) and
 /// URL segments, so nothing else is allowed.
 pub fn is_valid_op_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name
+    check_op_name(name).is_ok()
+}
+
+/// Why `name` is not a valid op name, in words a user can act on.
+pub fn check_op_name(name: &str) -> Result<(), String> {
+    let shown: String = name.chars().take(80).collect();
+    let rule = "an op name starts with a lowercase letter and has only lowercase letters, digits, `-` and `_`";
+    if name.is_empty() {
+        Err("the op name is empty".into())
+    } else if name.len() > MAX_OP_NAME {
+        Err(format!(
+            "op name `{shown}...` is {} characters long; at most {MAX_OP_NAME}",
+            name.len()
+        ))
+    } else if !name.starts_with(|c: char| c.is_ascii_lowercase())
+        || !name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+    {
+        Err(format!("invalid op name `{shown}`: {rule}"))
+    } else {
+        Ok(())
+    }
 }

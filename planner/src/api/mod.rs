@@ -1,5 +1,6 @@
-//! The planner's HTTP API. `app(state)` builds the router so the binary and
-//! the tests share it; each route's OpenAPI description sits on its handler.
+//! The planner's HTTP API. `app(state, auth)` builds the router: the binary
+//! serves it, `planner/tests/api.rs` calls it in process; each route's OpenAPI
+//! description sits on its handler.
 
 mod events;
 mod health;

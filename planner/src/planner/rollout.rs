@@ -26,9 +26,7 @@ impl Planner {
         name: &str,
         bytes: axum::body::Bytes,
     ) -> Result<RolloutReport, ModuleError> {
-        if !wire::is_valid_op_name(name) {
-            return Err(ModuleError::Invalid(format!("invalid op name `{name}`")));
-        }
+        wire::check_op_name(name).map_err(ModuleError::Invalid)?;
         Modules::check(&bytes).map_err(ModuleError::Invalid)?;
         let module = Modules::prepare(name, bytes);
         let targets = self.board().module_targets(name);

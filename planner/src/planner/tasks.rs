@@ -82,11 +82,8 @@ impl Planner {
             } else {
                 String::new()
             };
-            if !wire::is_valid_op_name(&task.op) {
-                return Err(SubmitError::Invalid(format!(
-                    "{at}invalid op name `{}`: use lowercase letters, digits, `-` and `_`",
-                    task.op.chars().take(80).collect::<String>()
-                )));
+            if let Err(why) = wire::check_op_name(&task.op) {
+                return Err(SubmitError::Invalid(format!("{at}{why}")));
             }
             if task.args.len() > MAX_ARGS {
                 return Err(SubmitError::Invalid(format!(
