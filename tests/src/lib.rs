@@ -82,6 +82,34 @@ impl System {
         })
     }
 
+    /// A planner (with `env`) and `n` workers `w1`..`wN` with the default
+    /// worker settings plus `worker_env`, all registered.
+    pub async fn with_workers(
+        env: &[(&str, &str)],
+        n: usize,
+        worker_env: &[(&str, &str)],
+    ) -> Result<Self> {
+        let mut system = Self::start(env).await?;
+        for i in 1..=n {
+            system.add_worker(&format!("w{i}"), worker_env).await?;
+        }
+        system.wait_for_workers(n).await?;
+        Ok(system)
+    }
+
+    /// `GET path` on the planner, expecting a 2xx JSON answer.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let response = self.client.get(self.url(path)).send().await?;
+        let status = response.status();
+        if !status.is_success() {
+            bail!("GET {path}: {status}: {}", response.text().await?);
+        }
+        response
+            .json()
+            .await
+            .with_context(|| format!("GET {path}: not the expected JSON"))
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.planner.url())
     }
@@ -216,6 +244,22 @@ async fn start_planner(dir: &Path, env: &[(&str, &str)]) -> Result<Service> {
 fn next_seq() -> u64 {
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Waits until the worker at `url` is running a task (its `GET /` no longer
+/// says it is ready to work): a task handed out by the planner may still be
+/// on its way; this is when the worker itself has it.
+pub async fn wait_until_busy(worker_url: &str, deadline: Duration) -> Result<()> {
+    poll(deadline, "the worker to be running a task", || async {
+        let text = reqwest::get(format!("{worker_url}/"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        (!text.starts_with("ready to work")).then_some(())
+    })
+    .await
 }
 
 /// Expected result of the built-in ops, computed natively.

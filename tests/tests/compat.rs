@@ -93,13 +93,7 @@ async fn legacy_workers_registered_by_register_get_tasks_and_a_404_teaches_the_p
         legacy_ids.push(id);
         system.workers.push(service);
     }
-    let listed: Vec<Value> = system
-        .client
-        .get(system.url("/"))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let listed: Vec<Value> = system.get_json("/").await?;
     assert_eq!(listed.len(), 2);
     assert!(listed.iter().all(|w| w["legacy"] == true));
 

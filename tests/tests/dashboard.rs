@@ -49,13 +49,7 @@ async fn the_dashboard_shows_workers_by_flavor_and_runs_a_task_from_its_form() -
     );
 
     // `GET /` keeps answering JSON to API clients; `/ui` is always the page.
-    let index: Value = system
-        .client
-        .get(system.url("/"))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let index: Value = system.get_json("/").await?;
     assert_eq!(index.as_array().map(Vec::len), Some(4), "{index}");
     let ui = system.client.get(system.url("/ui")).send().await?;
     assert_eq!(ui.status(), 200);

@@ -122,22 +122,7 @@ async fn a_busy_one_slot_worker_refuses_a_second_task_with_429_and_403_on_legacy
                 .await
         })
     };
-    e2e::poll(
-        Duration::from_secs(5),
-        "the first task to occupy the slot",
-        || async {
-            let text = client
-                .get(format!("{url}/"))
-                .send()
-                .await
-                .ok()?
-                .text()
-                .await
-                .ok()?;
-            (!text.starts_with("ready to work")).then_some(())
-        },
-    )
-    .await?;
+    e2e::wait_until_busy(&url, Duration::from_secs(5)).await?;
     let second = client
         .post(format!("{url}/tasks"))
         .json(&json!({"id": 2, "op": "add", "args": [1, 2]}))

@@ -19,13 +19,7 @@ fn tasks(n: usize) -> Value {
 }
 
 async fn stats(system: &System) -> anyhow::Result<Stats> {
-    Ok(system
-        .client
-        .get(system.url("/stats"))
-        .send()
-        .await?
-        .json()
-        .await?)
+    system.get_json("/stats").await
 }
 
 async fn finished(system: &System) -> u64 {
@@ -124,20 +118,7 @@ async fn a_sigterm_lets_the_task_in_flight_finish_and_the_worker_deregisters() -
     // Running at the worker, not just handed out by the planner: a task that
     // reaches a draining worker is (rightly) bounced back to the queue.
     let url = system.worker("draining").url();
-    poll(
-        Duration::from_secs(5),
-        "the worker to run the task",
-        || async {
-            let text = reqwest::get(format!("{url}/"))
-                .await
-                .ok()?
-                .text()
-                .await
-                .ok()?;
-            (!text.starts_with("ready to work")).then_some(())
-        },
-    )
-    .await?;
+    e2e::wait_until_busy(&url, Duration::from_secs(5)).await?;
     let worker = system.worker_mut("draining");
     worker.terminate();
     let status = worker.wait(Duration::from_secs(10)).await?;

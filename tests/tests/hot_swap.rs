@@ -158,13 +158,7 @@ async fn swapping_mul_fleet_wide_under_load_fails_nothing_and_every_result_match
         "the swap happened mid-run (v1 {old}, v2 {new})"
     );
 
-    let rollouts: Vec<OpRollout> = system
-        .client
-        .get(system.url("/ops"))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let rollouts: Vec<OpRollout> = system.get_json("/ops").await?;
     let mul = rollouts
         .iter()
         .find(|r| r.name == "mul")

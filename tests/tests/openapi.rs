@@ -54,13 +54,7 @@ async fn every_documented_route_answers_as_documented() -> anyhow::Result<()> {
         .submit_ids(&json!({"op": "nothing-offers-this", "args": []}))
         .await?[0];
 
-    let spec: Value = system
-        .client
-        .get(system.url("/openapi.json"))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let spec: Value = system.get_json("/openapi.json").await?;
     assert_eq!(
         spec["openapi"].as_str().map(|v| v.starts_with("3.")),
         Some(true),

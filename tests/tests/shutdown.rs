@@ -13,9 +13,8 @@ async fn sigterm_with_open_event_streams_and_waiting_requests_exits_promptly_and
 -> anyhow::Result<()> {
     let drain = Duration::from_secs(4);
     let drain_ms = drain.as_millis().to_string();
-    let mut system = System::start(&[("DRAIN_TIMEOUT_MS", &drain_ms)]).await?;
-    system.add_worker("w1", &[("OPS", "add,mul")]).await?;
-    system.wait_for_workers(1).await?;
+    let mut system =
+        System::with_workers(&[("DRAIN_TIMEOUT_MS", &drain_ms)], 1, &[("OPS", "add,mul")]).await?;
 
     // Results the planner acknowledged before the signal.
     let ids = system

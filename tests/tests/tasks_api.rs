@@ -8,8 +8,7 @@ use wire::planner::TaskStatus;
 
 #[tokio::test]
 async fn curl_style_submission_with_wait_answers_the_result() -> anyhow::Result<()> {
-    let mut system = System::start(&[]).await?;
-    system.add_worker("w1", &[]).await?;
+    let system = System::with_workers(&[], 1, &[]).await?;
     // What `curl -d '{"op":"mul","args":[6,7]}' URL?wait=true` sends.
     let response = system
         .client
@@ -34,8 +33,7 @@ async fn curl_style_submission_with_wait_answers_the_result() -> anyhow::Result<
 
 #[tokio::test]
 async fn a_task_is_queryable_listable_and_overflow_fails_it_with_a_reason() -> anyhow::Result<()> {
-    let mut system = System::start(&[]).await?;
-    system.add_worker("w1", &[]).await?;
+    let system = System::with_workers(&[], 1, &[]).await?;
     let (status, body) = system
         .post_json(
             "/tasks?wait=true",
@@ -63,31 +61,13 @@ async fn a_task_is_queryable_listable_and_overflow_fails_it_with_a_reason() -> a
             .all(|v| v.started_at_ms.is_some() && v.finished_at_ms >= v.started_at_ms)
     );
 
-    let list: Vec<Value> = system
-        .client
-        .get(system.url("/tasks?status=done&op=mul&limit=5"))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let list: Vec<Value> = system.get_json("/tasks?status=done&op=mul&limit=5").await?;
     assert_eq!(list.len(), 1);
     assert_eq!(list[0]["result"], 20);
-    let failed: Vec<Value> = system
-        .client
-        .get(system.url("/tasks?status=failed"))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let failed: Vec<Value> = system.get_json("/tasks?status=failed").await?;
     assert_eq!(failed.len(), 1);
 
-    let stats: Value = system
-        .client
-        .get(system.url("/stats"))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let stats: Value = system.get_json("/stats").await?;
     assert_eq!(stats["by_status"]["done"], 2, "{stats}");
     assert_eq!(stats["by_status"]["failed"], 1, "{stats}");
     assert_eq!(stats["workers_by_flavor"]["general"], 1, "{stats}");
@@ -141,13 +121,7 @@ async fn random_tasks_come_from_startup_and_from_the_api() -> anyhow::Result<()>
         .await?;
     assert_eq!(status, 202, "{body}");
     system.add_worker("w1", &[("SLOTS", "4")]).await?;
-    let listed: Vec<wire::planner::TaskView> = system
-        .client
-        .get(system.url("/tasks?limit=100"))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let listed: Vec<wire::planner::TaskView> = system.get_json("/tasks?limit=100").await?;
     let ids: Vec<u64> = listed.iter().map(|t| t.id).collect();
     assert_eq!(ids.len(), 12, "7 from TASKS and 5 from the API");
     let views = system.wait_final(&ids, Duration::from_secs(30)).await?;
@@ -159,13 +133,7 @@ async fn random_tasks_come_from_startup_and_from_the_api() -> anyhow::Result<()>
     // A restart on the same data dir does not enqueue the TASKS batch again.
     system.planner.stop(Duration::from_secs(5)).await;
     system.restart_planner(&[("TASKS", "7")]).await?;
-    let stats: Value = system
-        .client
-        .get(system.url("/stats"))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let stats: Value = system.get_json("/stats").await?;
     assert_eq!(stats["by_status"]["done"], 12, "{stats}");
     assert_eq!(
         stats["by_status"]
@@ -180,9 +148,7 @@ async fn random_tasks_come_from_startup_and_from_the_api() -> anyhow::Result<()>
 
 #[tokio::test]
 async fn bad_submissions_get_4xx_json_errors_and_nothing_is_queued() -> anyhow::Result<()> {
-    let mut system = System::start(&[]).await?;
-    system.add_worker("w1", &[]).await?;
-    system.wait_for_workers(1).await?;
+    let system = System::with_workers(&[], 1, &[]).await?;
     let cases: Vec<(&str, &str, Option<&str>, u16)> = vec![
         ("malformed JSON", r#"{"op": "add", "args": [1,"#, None, 400),
         (
@@ -269,13 +235,7 @@ async fn bad_submissions_get_4xx_json_errors_and_nothing_is_queued() -> anyhow::
     assert_eq!(no_route.status(), 404);
     assert!(no_route.json::<Value>().await?["error"].is_string());
 
-    let stats: Value = system
-        .client
-        .get(system.url("/stats"))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let stats: Value = system.get_json("/stats").await?;
     assert_eq!(
         stats["by_status"].as_object().map(|m| m.len()),
         Some(0),
@@ -291,13 +251,7 @@ async fn health_and_readiness_answer() -> anyhow::Result<()> {
         let response = system.client.get(system.url(path)).send().await?;
         assert_eq!(response.status(), 200, "{path}");
     }
-    let ready: Value = system
-        .client
-        .get(system.url("/readyz"))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let ready: Value = system.get_json("/readyz").await?;
     assert_eq!(ready["durable"], true, "durable is the default");
     Ok(())
 }
