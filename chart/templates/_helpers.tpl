@@ -151,22 +151,7 @@ with fromYaml.
 {{- if not (kindIs "string" $c.workMs) }}
 {{- $_ := set $c "workMs" (printf "%d" (int64 $c.workMs)) }}
 {{- end }}
-{{- /* Checks the schema cannot express. */}}
-{{- $key := ternary $name (printf "extraFlavors.%s" $name) (has $name (list "general" "mul" "add")) }}
-{{- $bounds := splitList "-" (toString $c.workMs) }}
-{{- if gt (first $bounds | trim | int64) (last $bounds | trim | int64) }}
-{{- fail (printf "%s.workMs: the range %q starts after its end" $key (toString $c.workMs)) }}
-{{- end }}
-{{- if and (gt (int $c.replicas) 0) (ge (add (last $bounds | trim | int64) (int64 $.Values.worker.opTimeoutMs)) (int64 $.Values.planner.dispatchTimeoutMs)) }}
-{{- fail (printf "%s.workMs: tasks may take up to %s ms plus worker.opTimeoutMs, which planner.dispatchTimeoutMs (%d ms) does not allow" $key (last $bounds | trim) (int64 $.Values.planner.dispatchTimeoutMs)) }}
-{{- end }}
-{{- if gt (int $c.replicas) 0 }}
-{{- range $op := $c.ops }}
-{{- if and (not (has $op (list "add" "mul"))) (not $.Values.modules.existingConfigMap) (not (hasKey (default dict $.Values.modules.files) (printf "%s.wasm" $op))) }}
-{{- fail (printf "%s.ops: `%s` is not built into the worker (add, mul): give its module as modules.files.%s\\.wasm (base64) or in modules.existingConfigMap" $key $op $op) }}
-{{- end }}
-{{- end }}
-{{- end }}
+{{- include "task-system.validateFlavor" (dict "ctx" $ "name" $name "flavor" $c) }}
 {{- $_ := set $out $name $c }}
 {{- end }}
 {{- toYaml $out }}
@@ -209,4 +194,30 @@ LOG_FORMAT and LOG, the same for every container.
   value: {{ .Values.logging.format | quote }}
 - name: LOG
   value: {{ .Values.logging.level | quote }}
+{{- end }}
+
+{{/*
+Checks of one flavor that the schema cannot express; fails the render with a
+message naming the value. Called by task-system.flavors with
+(dict "ctx" $ "name" NAME "flavor" RESOLVED-FLAVOR).
+*/}}
+{{- define "task-system.validateFlavor" -}}
+{{- $root := .ctx }}
+{{- $name := .name }}
+{{- $c := .flavor }}
+{{- $key := ternary $name (printf "extraFlavors.%s" $name) (has $name (list "general" "mul" "add")) }}
+{{- $bounds := splitList "-" (toString $c.workMs) }}
+{{- if gt (first $bounds | trim | int64) (last $bounds | trim | int64) }}
+{{- fail (printf "%s.workMs: the range %q starts after its end" $key (toString $c.workMs)) }}
+{{- end }}
+{{- if and (gt (int $c.replicas) 0) (ge (add (last $bounds | trim | int64) (int64 $root.Values.worker.opTimeoutMs)) (int64 $root.Values.planner.dispatchTimeoutMs)) }}
+{{- fail (printf "%s.workMs: tasks may take up to %s ms plus worker.opTimeoutMs, which planner.dispatchTimeoutMs (%d ms) does not allow" $key (last $bounds | trim) (int64 $root.Values.planner.dispatchTimeoutMs)) }}
+{{- end }}
+{{- if gt (int $c.replicas) 0 }}
+{{- range $op := $c.ops }}
+{{- if and (not (has $op (list "add" "mul"))) (not $root.Values.modules.existingConfigMap) (not (hasKey (default dict $root.Values.modules.files) (printf "%s.wasm" $op))) }}
+{{- fail (printf "%s.ops: `%s` is not built into the worker (add, mul): give its module as modules.files.%s\\.wasm (base64) or in modules.existingConfigMap" $key $op $op) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- end }}

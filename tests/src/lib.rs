@@ -16,6 +16,7 @@ use wire::TaskId;
 use wire::planner::{TaskView, WorkerView};
 
 pub mod chart;
+pub mod values_doc;
 
 /// A component built from `tests/fixtures/ops` or `ops/` by `build.rs`.
 pub fn fixture(op: &str) -> PathBuf {
