@@ -20,7 +20,7 @@ pub struct Service {
 
 impl Service {
     /// Starts `command` (stderr to `log`) and waits for its
-    /// `listening on http://ADDR` line.
+    /// `listening on http://ADDR` line (text or JSON, `serve::listen`).
     pub async fn start(name: &str, mut command: Command, log: &Path) -> Result<Self> {
         let log_file =
             std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
@@ -36,8 +36,8 @@ impl Service {
         let mut lines = BufReader::new(stdout).lines();
         let announced = tokio::time::timeout(Duration::from_secs(30), async {
             while let Some(line) = lines.next_line().await? {
-                if let Some(addr) = line.strip_prefix("listening on http://") {
-                    return Ok::<_, anyhow::Error>(Some(addr.trim().parse::<SocketAddr>()?));
+                if let Some(addr) = serve::listen::announced_addr(&line) {
+                    return Ok::<_, anyhow::Error>(Some(addr));
                 }
             }
             Ok(None)

@@ -56,6 +56,9 @@ pub struct Executor {
     slot_count: u32,
     work: WorkTime,
     draining: std::sync::atomic::AtomicBool,
+    /// The planner has accepted this worker and still answers its heartbeats;
+    /// with `draining`, what readiness reports.
+    registered: std::sync::atomic::AtomicBool,
     running: Mutex<BTreeMap<u64, Running>>,
     next_local_id: std::sync::atomic::AtomicU64,
 }
@@ -68,6 +71,7 @@ impl Executor {
             slot_count: slots,
             work,
             draining: false.into(),
+            registered: false.into(),
             running: Mutex::new(BTreeMap::new()),
             next_local_id: 0.into(),
         }
@@ -88,6 +92,15 @@ impl Executor {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn set_registered(&self, registered: bool) {
+        self.registered
+            .store(registered, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn is_registered(&self) -> bool {
+        self.registered.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn running(&self) -> Vec<Running> {
@@ -155,6 +168,11 @@ impl Executor {
                 Err(CallError::Host(format!("the call's thread failed: {join}")))
             });
         telemetry::ran(op, &output, started.elapsed(), call_started.elapsed());
+        if let Some(id) = id {
+            // One line per execution (`LOG=info,worker::executor=debug`): the
+            // real-cluster test counts them to prove no task ran twice.
+            tracing::debug!(task = id, op, ok = output.is_ok(), "ran");
+        }
         if let Err(err) = &output {
             tracing::debug!(op, kind = err.kind(), error = %err, "op call failed");
         }

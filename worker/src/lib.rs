@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serve::auth::Token;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::Catalog;
@@ -46,6 +47,9 @@ pub async fn run(config: Config) -> Result<()> {
         metrics,
     };
 
+    // `drain`: SIGTERM came; stop taking tasks and leave the planner.
+    // `stop`: the last task in flight has been answered; nothing left to do.
+    let drain = CancellationToken::new();
     let stop = CancellationToken::new();
     if let Some(dir) = &config.ops_dir {
         ops_dir::watch(catalog.clone(), dir.clone(), ops.clone(), stop.clone())?;
@@ -60,28 +64,35 @@ pub async fn run(config: Config) -> Result<()> {
         url: url.clone(),
         slots: config.slots,
         catalog: catalog.clone(),
+        executor: executor.clone(),
         heartbeat: Duration::from_millis(config.heartbeat_ms),
     };
-    let registration = tokio::spawn(registrar.run(stop.clone()));
-    tracing::info!(%id, %url, ops = ?catalog.names(), slots = config.slots, "worker ready");
+    let (deregistered, deregistration) = oneshot::channel();
+    let registration = tokio::spawn(registrar.run(drain.clone(), deregistered, stop.clone()));
+    tracing::info!(%id, %url, ops = ?catalog.names(), slots = config.slots, "worker started; ready once registered");
 
     let draining = {
-        let stop = stop.clone();
         let executor = executor.clone();
         async move {
             serve::shutdown::signal().await;
             tracing::info!("stopping: refusing new tasks, finishing the ones in flight");
             executor.start_draining();
-            stop.cancel();
+            drain.cancel();
             // Deregistering before the listener closes lets the planner stop
-            // routing here while in-flight answers still get through.
-            let _ = registration.await;
+            // routing here while in-flight answers still get through. (An
+            // error means there was nothing to deregister.)
+            let _ = deregistration.await;
         }
     };
-    axum::serve(listener, http::app(state, token))
+    // Returns once every connection is closed, so every task in flight has
+    // been answered: only then may the heartbeats stop.
+    let served = axum::serve(listener, http::app(state, token))
         .with_graceful_shutdown(draining)
         .await
-        .context("serving HTTP")?;
+        .context("serving HTTP");
+    stop.cancel();
+    let _ = registration.await;
+    served?;
     tracing::info!("stopped");
     Ok(())
 }

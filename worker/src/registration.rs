@@ -2,9 +2,14 @@
 //!
 //! Registers (retrying with backoff until the planner answers), heartbeats,
 //! re-registers when the planner has forgotten it (a restarted planner
-//! answers 404) or when the op set changed, and deregisters on shutdown.
-//! Against the exercise's planner, which has no `POST /workers`, it falls
-//! back to `POST /register {"url","id"}` once.
+//! answers 404) or when the op set changed. On shutdown it deregisters and
+//! then keeps heartbeating while the tasks in flight finish, so the planner
+//! does not give them up for lost and run them again elsewhere; it never
+//! registers again once draining. Against the exercise's planner, which has
+//! no `POST /workers`, it falls back to `POST /register {"url","id"}` once.
+//!
+//! It also keeps the worker's readiness: registered with a planner that
+//! answers its heartbeats.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,10 +17,12 @@ use std::time::Duration;
 use backon::{ExponentialBuilder, Retryable};
 use reqwest::StatusCode;
 use serve::auth::Token;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use wire::planner::Registration;
 
 use crate::catalog::Catalog;
+use crate::executor::Executor;
 
 pub struct Registrar {
     pub client: reqwest::Client,
@@ -25,6 +32,8 @@ pub struct Registrar {
     pub url: String,
     pub slots: u32,
     pub catalog: Arc<Catalog>,
+    /// Where readiness is kept (`set_registered`).
+    pub executor: Arc<Executor>,
     pub heartbeat: Duration,
 }
 
@@ -45,17 +54,31 @@ enum RegisterError {
 }
 
 impl Registrar {
-    /// Runs until `stop` is cancelled, then deregisters.
-    pub async fn run(self, stop: CancellationToken) {
-        let Some(mode) = self.register_until_accepted(&stop).await else {
+    /// Registers and heartbeats until `drain` is cancelled; then deregisters,
+    /// says so on `deregistered`, and keeps heartbeating until `stop` (the
+    /// last task in flight has been answered) or until the planner has
+    /// forgotten this worker (404).
+    pub async fn run(
+        self,
+        drain: CancellationToken,
+        deregistered: oneshot::Sender<()>,
+        stop: CancellationToken,
+    ) {
+        let Some(mode) = self.register_until_accepted(&drain).await else {
             return;
         };
-        if mode == Mode::Ours {
-            self.stay_registered(&stop).await;
+        if mode == Mode::Legacy {
+            return;
         }
+        self.stay_registered(&drain).await;
+        self.executor.set_registered(false);
+        self.deregister().await;
+        let _ = deregistered.send(());
+        self.heartbeat_while_draining(&stop).await;
     }
 
-    async fn register_until_accepted(&self, stop: &CancellationToken) -> Option<Mode> {
+    /// `None` when `drain` came first: a draining worker never registers.
+    async fn register_until_accepted(&self, drain: &CancellationToken) -> Option<Mode> {
         let attempt = || async {
             match self.register().await {
                 Err(RegisterError::NoRoute(status)) => {
@@ -69,10 +92,12 @@ impl Registrar {
             .retry(ExponentialBuilder::default().with_min_delay(Duration::from_millis(50)).with_max_delay(Duration::from_secs(2)).with_jitter().without_max_times())
             .notify(|err, wait| tracing::warn!(error = %err, retry_in = ?wait, planner = %self.planner, "registration failed"));
         tokio::select! {
-            () = stop.cancelled() => None,
+            biased;
+            () = drain.cancelled() => None,
             result = retried => match result {
                 Ok(mode) => {
                     tracing::info!(planner = %self.planner, id = %self.id, ?mode, "registered");
+                    self.executor.set_registered(true);
                     Some(mode)
                 }
                 Err(err) => {
@@ -83,14 +108,15 @@ impl Registrar {
         }
     }
 
-    async fn stay_registered(&self, stop: &CancellationToken) {
+    async fn stay_registered(&self, drain: &CancellationToken) {
         let mut changes = self.catalog.subscribe();
         let mut ticker = tokio::time::interval(self.heartbeat);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                () = stop.cancelled() => break,
-                _ = ticker.tick() => self.heartbeat_once(stop).await,
+                biased;
+                () = drain.cancelled() => break,
+                _ = ticker.tick() => self.heartbeat_once(drain).await,
                 Ok(()) = changes.changed() => {
                     if let Err(err) = self.register().await {
                         tracing::warn!(error = %err, "could not announce the new op set; the next heartbeat retries");
@@ -98,26 +124,60 @@ impl Registrar {
                 }
             }
         }
-        self.deregister().await;
     }
 
-    async fn heartbeat_once(&self, stop: &CancellationToken) {
-        let url = format!("{}/workers/{}/heartbeat", self.planner, self.id);
-        match self.authorized(self.client.post(&url)).send().await {
-            Ok(response) if response.status() == StatusCode::NOT_FOUND => {
+    async fn heartbeat_once(&self, drain: &CancellationToken) {
+        match self.send_heartbeat().await {
+            Ok(StatusCode::NOT_FOUND) => {
+                self.executor.set_registered(false);
                 tracing::info!(
                     "the planner does not know this worker (restarted?); registering again"
                 );
-                self.register_until_accepted(stop).await;
+                self.register_until_accepted(drain).await;
             }
-            Ok(response) if !response.status().is_success() => {
-                tracing::warn!(status = %response.status(), "heartbeat refused");
+            Ok(status) if !status.is_success() => {
+                tracing::warn!(%status, "heartbeat refused");
             }
-            Ok(_) => {}
+            Ok(_) => self.executor.set_registered(true),
             Err(err) => {
+                // Unreachable: not able to take tasks, so not ready (the
+                // probe's failure threshold rides out a short blip).
+                self.executor.set_registered(false);
                 tracing::debug!(error = %err, "heartbeat failed; the planner may be restarting")
             }
         }
+    }
+
+    /// After deregistering: the planner keeps a leaving worker that still has
+    /// tasks in flight for as long as it heartbeats, and forgets it (404)
+    /// once they are answered. A failed heartbeat is retried at the next
+    /// tick; registering again is never an option here.
+    async fn heartbeat_while_draining(&self, stop: &CancellationToken) {
+        let mut ticker = tokio::time::interval(self.heartbeat);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => return,
+                _ = ticker.tick() => match self.send_heartbeat().await {
+                    Ok(StatusCode::NOT_FOUND) => {
+                        tracing::info!("the planner has let this draining worker go; no more heartbeats");
+                        return;
+                    }
+                    Ok(status) if !status.is_success() => {
+                        tracing::warn!(%status, "heartbeat refused while draining");
+                    }
+                    Ok(_) => tracing::debug!("heartbeat while draining"),
+                    Err(err) => tracing::debug!(error = %err, "heartbeat failed while draining"),
+                },
+            }
+        }
+    }
+
+    async fn send_heartbeat(&self) -> Result<StatusCode, reqwest::Error> {
+        let url = format!("{}/workers/{}/heartbeat", self.planner, self.id);
+        let response = self.authorized(self.client.post(&url)).send().await?;
+        Ok(response.status())
     }
 
     async fn register(&self) -> Result<(), RegisterError> {

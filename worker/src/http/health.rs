@@ -9,12 +9,19 @@ pub async fn live() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Not ready while draining, so Kubernetes stops counting the pod in.
+/// Ready means able to take tasks: registered with a planner that answers,
+/// and not draining. Kubernetes then counts the pod as capacity only when it
+/// really is.
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     if state.executor.is_draining() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "draining"})),
+        )
+    } else if !state.executor.is_registered() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not registered with the planner"})),
         )
     } else {
         (
