@@ -1,10 +1,13 @@
 //! A worker's life as Kubernetes sees it: readiness means "registered and
-//! able to take tasks".
+//! able to take tasks", and a SIGTERMed worker keeps proving it is alive
+//! until its last task is answered, so that task runs exactly once.
 
 use std::time::Duration;
 
 use e2e::{System, poll, worker_command};
 use launcher::process::Service;
+use serde_json::json;
+use wire::planner::TaskStatus;
 
 async fn readyz(client: &reqwest::Client, worker: &Service) -> Option<u16> {
     let response = client
@@ -13,6 +16,68 @@ async fn readyz(client: &reqwest::Client, worker: &Service) -> Option<u16> {
         .await
         .ok()?;
     Some(response.status().as_u16())
+}
+
+#[tokio::test]
+async fn a_draining_worker_heartbeats_until_its_long_task_is_answered_and_it_runs_once()
+-> anyhow::Result<()> {
+    // The planner gives a silent worker up after 600 ms; the task takes 3 s.
+    let mut system = System::start(&[("HEARTBEAT_TIMEOUT_MS", "600")]).await?;
+    system
+        .add_worker("long", &[("OPS", "mul"), ("WORK_MS", "3000")])
+        .await?;
+    system.wait_for_workers(1).await?;
+    let ids = system
+        .submit_ids(&json!({"op": "mul", "args": [6, 7]}))
+        .await?;
+    let url = system.worker("long").url();
+    poll(
+        Duration::from_secs(5),
+        "the worker to run the task",
+        || async {
+            let text = reqwest::get(format!("{url}/"))
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            (!text.starts_with("ready to work")).then_some(())
+        },
+    )
+    .await?;
+    // A second mul worker: if the planner gave the draining one up, the task
+    // would be re-queued and run again here (attempts 2).
+    system.add_worker("spare", &[("OPS", "mul")]).await?;
+    system.wait_for_workers(2).await?;
+
+    let worker = system.worker_mut("long");
+    worker.terminate();
+    let status = worker.wait(Duration::from_secs(15)).await?;
+    assert!(status.success(), "the worker drains and exits 0: {status}");
+
+    let view = system.task(ids[0]).await?;
+    assert_eq!(
+        (
+            view.status,
+            view.result,
+            view.attempts,
+            view.worker.as_deref()
+        ),
+        (TaskStatus::Done, Some(42), 1, Some("long")),
+        "run once, by the draining worker: {view:?}"
+    );
+    let planner_log = std::fs::read_to_string(&system.planner.log)?;
+    assert!(
+        !planner_log.contains("stopped answering heartbeats"),
+        "the planner never gave the draining worker up:\n{planner_log}"
+    );
+    let workers = system.workers().await?;
+    assert_eq!(
+        workers.iter().map(|w| w.id.as_str()).collect::<Vec<_>>(),
+        ["spare"],
+        "the drained worker is gone once its task was answered"
+    );
+    Ok(())
 }
 
 #[tokio::test]
