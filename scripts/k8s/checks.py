@@ -491,6 +491,20 @@ def check_hot_swap(state):
          lambda: all((worker_ops(p) or {}).get("mul") not in (None, v2) for p in mul_capable()), interval=0.5)
 
 
+def watch_exit(pod, exits):
+    """Follows a deleted pod until it is gone, keeping its container's exit code."""
+    until = time.monotonic() + 120
+    while time.monotonic() < until:
+        result = subprocess.run([KUBECTL, "get", "pod", pod, "-o", "json"], capture_output=True, text=True)
+        if result.returncode != 0:
+            return
+        for status in json.loads(result.stdout)["status"].get("containerStatuses", []):
+            terminated = status.get("state", {}).get("terminated")
+            if terminated:
+                exits[pod] = terminated["exitCode"]
+        time.sleep(0.2)
+
+
 def check_pod_deletion(state, label, tasks_n, deadline):
     planner = state["planner"]
     grace = {p["metadata"]["name"]: p["spec"]["terminationGracePeriodSeconds"] for p in live_worker_pods()}
@@ -504,6 +518,10 @@ def check_pod_deletion(state, label, tasks_n, deadline):
             return busy[:2] if len(busy) >= 2 else None
 
         victims = [p["metadata"]["name"] for p in wait(30, "two busy mul workers", two_busy, interval=0.1)]
+        exits = {}  # victim -> its container's exit code, when the kubelet reported one
+        watchers = [threading.Thread(target=watch_exit, args=(v, exits), daemon=True) for v in victims]
+        for watcher in watchers:
+            watcher.start()
         deleted_at = time.monotonic()
         kubectl("delete", "pod", *victims, "--wait=false")
         views = wait_final(planner, ids, deadline)
@@ -523,13 +541,17 @@ def check_pod_deletion(state, label, tasks_n, deadline):
                    f"{victim} did not drain and stop cleanly; last lines: {messages[-5:]}")
             expect(took < grace[victim], f"{victim} took {took:.1f} s, its grace period is {grace[victim]} s")
         drain_times = [streams.ended[v] - deleted_at for v in victims]
+        for watcher in watchers:
+            watcher.join()
+        expect(all(code == 0 for code in exits.values()), f"deleted pods' exit codes: {exits}")
     completed = sum(1 for v in views.values() if right(v))
     twice = {task_id: n for task_id, n in executions.items() if task_id in views and n > 1}
     never = [task_id for task_id in ids if executions.get(task_id, 0) == 0]
     attempts = sum(1 for v in views.values() if v["attempts"] > 1)
     report(f"4. {label}: deleted 2 busy mul pods; submitted {len(ids)} / completed {completed} / lost {len(ids) - completed} "
            f"/ executed twice {len(twice)} / never executed {len(never)}; tasks with attempts>1: {attempts}; "
-           f"victims stopped {', '.join(f'{t:.1f}' for t in drain_times)} s after the delete (exit by draining)")
+           f"victims stopped {', '.join(f'{t:.1f}' for t in drain_times)} s after the delete "
+           f"(grace {grace[victims[0]]} s), exit codes seen: {exits or 'none before the pods vanished'}")
     expect(completed == len(ids), f"{len(ids) - completed} tasks lost or wrong")
     expect(not twice, f"tasks executed more than once: {dict(list(twice.items())[:5])}")
     expect(not never, f"tasks done without an execution in any worker log: {never[:5]}")
