@@ -258,3 +258,33 @@ pub enum WorkerChange {
     /// Given up for dead (unreachable, or heartbeats stopped).
     Dropped,
 }
+
+/// `POST /tasks/cancel`: cancel the listed tasks, or every task matching a
+/// filter (`{"status":"queued","op":"mul"}`), in one request.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CancelRequest {
+    /// These tasks (not combined with a filter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ids: Option<Vec<TaskId>>,
+    /// Filter: only `queued` can be cancelled for now, and must be given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<TaskStatus>,
+    /// Filter: only tasks of this op.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub op: Option<String>,
+}
+
+/// The answer to `POST /tasks/cancel`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CancelReport {
+    pub cancelled: u64,
+    /// Listed ids the planner does not know.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_found: Vec<TaskId>,
+    /// Listed ids that were already running or finished, so not cancelled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_queued: Vec<TaskId>,
+}
