@@ -449,7 +449,7 @@ async fn workers_ops_rollout_and_top() -> Result<()> {
     assert_eq!(mul.workers.len(), 2);
 
     // ops put: without the token the planner refuses, with it the fleet moves.
-    let module = fixture("mul-v2");
+    let module = fixture("mul_v2");
     let refused = workers(&system, &["ops", "put", "mul", &module.to_string_lossy()]).await?;
     assert_eq!(refused.code, 1);
     assert!(refused.one_error_line().contains("401"), "{refused:?}");
