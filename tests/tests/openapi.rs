@@ -53,6 +53,13 @@ async fn every_documented_route_answers_as_documented() -> anyhow::Result<()> {
     let stuck = system
         .submit_ids(&json!({"op": "nothing-offers-this", "args": []}))
         .await?[0];
+    let stuck_too = system
+        .submit_ids(&json!({"op": "nothing-offers-this", "args": []}))
+        .await?[0];
+    let too_many_ids = (1..=1001)
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
 
     let spec: Value = system.get_json("/openapi.json").await?;
     assert_eq!(
@@ -81,6 +88,62 @@ async fn every_documented_route_answers_as_documented() -> anyhow::Result<()> {
             200,
         ),
         call("GET", "/tasks", "/tasks?status=sleeping", None, false, 400),
+        call(
+            "GET",
+            "/tasks",
+            format!("/tasks?op=add&before={}&since_ms=0&limit=5", done_id + 1),
+            None,
+            false,
+            200,
+        ),
+        call(
+            "GET",
+            "/tasks",
+            format!("/tasks?ids={done_id},987654"),
+            None,
+            false,
+            200,
+        ),
+        call(
+            "GET",
+            "/tasks",
+            format!("/tasks?ids={too_many_ids}"),
+            None,
+            false,
+            400,
+        ),
+        call(
+            "GET",
+            "/tasks",
+            "/tasks?ids=1&status=done",
+            None,
+            false,
+            400,
+        ),
+        call(
+            "POST",
+            "/tasks/cancel",
+            "/tasks/cancel",
+            Some(json!({"ids": [stuck_too, 987654]})),
+            false,
+            200,
+        ),
+        call(
+            "POST",
+            "/tasks/cancel",
+            "/tasks/cancel",
+            Some(json!({"status": "queued", "op": "nothing-queued-here"})),
+            false,
+            200,
+        ),
+        call(
+            "POST",
+            "/tasks/cancel",
+            "/tasks/cancel",
+            Some(json!({"status": "running"})),
+            false,
+            400,
+        ),
         call(
             "GET",
             "/tasks/{id}",

@@ -99,6 +99,7 @@ fn routes(auth: AuthPolicy) -> OpenApiRouter<AppState> {
         .route_layer(guard());
     let submission = OpenApiRouter::new()
         .routes(routes!(tasks::submit))
+        .routes(routes!(tasks::cancel_many))
         .layer(DefaultBodyLimit::max(MAX_SUBMISSION_BYTES));
     let submit_routes = OpenApiRouter::new()
         .merge(submission)

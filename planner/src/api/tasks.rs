@@ -9,11 +9,11 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serve::{ApiError, JsonBody, Path, Query};
 use wire::TaskId;
-use wire::planner::{Accepted, Submission, TaskStatus, TaskView};
+use wire::planner::{Accepted, CancelReport, CancelRequest, Submission, TaskStatus, TaskView};
 
 use super::AppState;
-use crate::board::CancelError;
-use crate::planner::SubmitError;
+use crate::board::{CancelError, TaskFilter};
+use crate::planner::{CancelTarget, SubmitError};
 
 /// Most tasks in one submission.
 const MAX_BATCH: usize = 100_000;
@@ -147,22 +147,132 @@ pub async fn get(
     }
 }
 
+/// Most ids in one `GET /tasks?ids=`.
+const MAX_IDS: usize = 1_000;
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 10_000;
+
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    /// Only tasks in this state.
     status: Option<TaskStatus>,
+    /// Only tasks of this op.
     op: Option<String>,
+    /// Most tasks in the answer: 100 unless given, at most 10,000.
     limit: Option<usize>,
+    /// Page cursor: only tasks with a smaller id (the last id of the previous page).
+    before: Option<TaskId>,
+    /// Only tasks submitted at or after this time (unix milliseconds).
+    since_ms: Option<u64>,
+    /// Comma-separated task ids (at most 1,000): these tasks, in this order, from memory or the store; unknown ids are left out. Not combined with the other parameters.
+    ids: Option<String>,
 }
 
-/// `GET /tasks`: the most recent tasks kept in memory, newest first.
-#[utoipa::path(get, path = "/tasks", tag = "tasks", params(ListQuery), responses((status = 200, description = "Recent tasks, newest first", body = Vec<wire::planner::TaskView>), (status = 400, description = "Invalid query", body = wire::ErrorBody)))]
+/// `GET /tasks`: the most recent tasks kept in memory, newest first, or the
+/// tasks named by `ids`.
+#[utoipa::path(get, path = "/tasks", tag = "tasks", params(ListQuery), responses((status = 200, description = "Recent tasks, newest first (held in memory: every unfinished task and the latest finished ones); with ids, those tasks in that order", body = Vec<wire::planner::TaskView>), (status = 400, description = "Invalid query, over 1,000 ids, or ids combined with filters", body = wire::ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     Query(query): Query<ListQuery>,
-) -> Json<Vec<TaskView>> {
-    let limit = query.limit.unwrap_or(100).min(10_000);
-    Json(state.planner.list(query.status, query.op.as_deref(), limit))
+) -> Result<Json<Vec<TaskView>>, ApiError> {
+    if let Some(ids) = &query.ids {
+        if query.status.is_some()
+            || query.op.is_some()
+            || query.limit.is_some()
+            || query.before.is_some()
+            || query.since_ms.is_some()
+        {
+            return Err(ApiError::bad_request(
+                "`ids` names the tasks: it is not combined with status, op, limit, before or since_ms",
+            ));
+        }
+        let ids = parse_ids(ids)?;
+        return state
+            .planner
+            .views(&ids)
+            .map(Json)
+            .map_err(ApiError::internal);
+    }
+    let limit = query.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
+    let filter = TaskFilter {
+        status: query.status,
+        op: query.op,
+        before: query.before,
+        since_ms: query.since_ms,
+    };
+    Ok(Json(state.planner.page(&filter, limit)))
+}
+
+fn parse_ids(list: &str) -> Result<Vec<TaskId>, ApiError> {
+    let ids: Vec<TaskId> = list
+        .split(',')
+        .map(|id| {
+            id.trim().parse().map_err(|_| {
+                ApiError::bad_request(format!(
+                    "`ids`: `{}` is not a task id",
+                    id.chars().take(40).collect::<String>()
+                ))
+            })
+        })
+        .take(MAX_IDS + 1)
+        .collect::<Result<_, _>>()?;
+    if ids.len() > MAX_IDS {
+        return Err(ApiError::bad_request(format!(
+            "`ids`: at most {MAX_IDS} per request"
+        )));
+    }
+    Ok(ids)
+}
+
+/// `POST /tasks/cancel`: many tasks in one request, by id or by filter.
+#[utoipa::path(post, path = "/tasks/cancel", tag = "tasks", request_body(content = wire::planner::CancelRequest, description = "`{\"ids\": [...]}`, or a filter `{\"status\": \"queued\", \"op\": \"mul\"}` (op optional); only queued tasks can be cancelled"), responses((status = 200, description = "How many were cancelled; listed ids that were unknown or not queued", body = wire::planner::CancelReport), (status = 400, description = "Neither ids nor a queued filter, both, a status other than queued, over 100,000 ids, invalid op name", body = wire::ErrorBody), (status = 401, description = "Missing or wrong token (when SUBMIT_REQUIRES_TOKEN)", body = wire::ErrorBody), (status = 413, description = "Body over 8 MiB", body = wire::ErrorBody)))]
+pub async fn cancel_many(
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<CancelRequest>,
+) -> Result<Json<CancelReport>, ApiError> {
+    let target = match (&request.ids, request.status, &request.op) {
+        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+            return Err(ApiError::bad_request(
+                "give either `ids` or a filter (`status`, `op`), not both",
+            ));
+        }
+        (Some(ids), None, None) => {
+            if ids.is_empty() || ids.len() > MAX_BATCH {
+                return Err(ApiError::bad_request(format!(
+                    "`ids`: between 1 and {MAX_BATCH} task ids"
+                )));
+            }
+            CancelTarget::Ids(ids)
+        }
+        (None, Some(TaskStatus::Queued), op) => {
+            if let Some(op) = op
+                && !wire::is_valid_op_name(op)
+            {
+                return Err(ApiError::bad_request(format!(
+                    "invalid op name `{}`",
+                    op.chars().take(80).collect::<String>()
+                )));
+            }
+            CancelTarget::Queued { op: op.as_deref() }
+        }
+        (None, Some(status), _) => {
+            return Err(ApiError::bad_request(format!(
+                "only queued tasks can be cancelled, not {}",
+                status.as_str()
+            )));
+        }
+        (None, None, _) => {
+            return Err(ApiError::bad_request(
+                "give `ids`, or `\"status\": \"queued\"` (and optionally `op`) to cancel every queued task",
+            ));
+        }
+    };
+    state
+        .planner
+        .cancel_many(target)
+        .map(Json)
+        .map_err(|err| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, err.to_string()))
 }
 
 #[utoipa::path(delete, path = "/tasks/{id}", tag = "tasks", params(("id" = u64, Path, description = "Task id")), responses((status = 200, description = "Cancelled", body = wire::planner::TaskView), (status = 404, description = "No such task", body = wire::ErrorBody), (status = 409, description = "The task is running or finished", body = wire::ErrorBody)))]

@@ -10,6 +10,7 @@
 //! joining, beating and leaving, [`tasks`] answers queries and cancels.
 
 mod answers;
+mod bulk;
 mod matching;
 mod membership;
 mod tasks;
@@ -23,6 +24,7 @@ use std::time::Instant;
 use wire::planner::{Stats, TaskStatus};
 use wire::{Output, TaskId};
 
+pub use bulk::TaskFilter;
 pub use matching::Assignment;
 pub use tasks::CancelError;
 pub use worker::Worker;

@@ -19,26 +19,6 @@ impl Board {
         self.tasks.get(&id).map(|t| t.view(self.waiting_reason(t)))
     }
 
-    /// Most recent first.
-    pub fn list(
-        &self,
-        status: Option<TaskStatus>,
-        op: Option<&str>,
-        limit: usize,
-    ) -> Vec<TaskView> {
-        let mut ids: Vec<TaskId> = self
-            .tasks
-            .values()
-            .filter(|t| status.is_none_or(|s| t.status == s) && op.is_none_or(|o| &*t.op == o))
-            .map(|t| t.id)
-            .collect();
-        ids.sort_unstable_by(|a, b| b.cmp(a));
-        ids.into_iter()
-            .take(limit)
-            .filter_map(|id| self.view(id))
-            .collect()
-    }
-
     /// Why a queued task is not moving, if it is stuck rather than waiting its turn.
     fn waiting_reason(&self, task: &Task) -> Option<String> {
         if task.status != TaskStatus::Queued {

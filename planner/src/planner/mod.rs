@@ -9,11 +9,13 @@
 //! cancelling), [`workers`] (membership), [`rollout`] (modules for the fleet,
 //! pushed by [`push`]).
 
+mod bulk;
 mod push;
 mod rollout;
 mod tasks;
 mod workers;
 
+pub use bulk::CancelTarget;
 pub use push::Pusher;
 pub use rollout::ModuleError;
 pub use tasks::{MAX_ARGS, SubmitError};

@@ -122,15 +122,6 @@ impl Planner {
         Ok(self.store.get(id)?.map(|t| t.view(None)))
     }
 
-    pub fn list(
-        &self,
-        status: Option<wire::planner::TaskStatus>,
-        op: Option<&str>,
-        limit: usize,
-    ) -> Vec<TaskView> {
-        self.board().list(status, op, limit)
-    }
-
     pub fn cancel(&self, id: TaskId) -> Result<TaskView, CancelError> {
         let cancelled = self.board().cancel(id)?;
         let view = cancelled.view(None);

@@ -1,0 +1,207 @@
+//! Many tasks at once: a page of the task list, and cancelling queued tasks
+//! by the thousand in one request.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use wire::TaskId;
+use wire::planner::{TaskStatus, TaskView};
+
+use super::{Board, Finished};
+use crate::task::Task;
+
+/// What `GET /tasks` asks for; every field narrows the list.
+#[derive(Debug, Default, Clone)]
+pub struct TaskFilter {
+    pub status: Option<TaskStatus>,
+    pub op: Option<String>,
+    /// Cursor: only ids below this one (the last id of the previous page).
+    pub before: Option<TaskId>,
+    /// Only tasks submitted at or after this time (unix ms).
+    pub since_ms: Option<u64>,
+}
+
+impl TaskFilter {
+    fn admits(&self, task: &Task) -> bool {
+        self.status.is_none_or(|s| task.status == s)
+            && self.op.as_deref().is_none_or(|o| &*task.op == o)
+            && self.before.is_none_or(|b| task.id < b)
+            && self.since_ms.is_none_or(|s| task.submitted_at_ms >= s)
+    }
+}
+
+/// The outcome of cancelling listed tasks.
+#[derive(Debug, Default)]
+pub struct Cancelled {
+    pub finished: Vec<Finished>,
+    /// Not on the board (never existed, or finished long enough ago to be
+    /// only in the store).
+    pub not_found: Vec<TaskId>,
+    pub not_queued: Vec<TaskId>,
+}
+
+impl Board {
+    /// Newest first, at most `limit`: one pass to filter, a partial selection
+    /// of the newest `limit`, and sorting only those.
+    pub fn page(&self, filter: &TaskFilter, limit: usize) -> Vec<TaskView> {
+        if limit == 0 {
+            return Vec::new();
+        }
+        let mut ids: Vec<TaskId> = self
+            .tasks
+            .values()
+            .filter(|t| filter.admits(t))
+            .map(|t| t.id)
+            .collect();
+        if ids.len() > limit {
+            ids.select_nth_unstable_by(limit - 1, |a, b| b.cmp(a));
+            ids.truncate(limit);
+        }
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        ids.into_iter().filter_map(|id| self.view(id)).collect()
+    }
+
+    /// Cancels those of `ids` that are queued. Each affected op's queue is
+    /// walked once for the whole request, not once per task.
+    pub fn cancel_ids(&mut self, ids: &[TaskId]) -> Cancelled {
+        let mut out = Cancelled::default();
+        let mut by_op: HashMap<Arc<str>, HashSet<TaskId>> = HashMap::new();
+        for &id in ids {
+            match self.tasks.get(&id) {
+                None => out.not_found.push(id),
+                Some(task) if task.status != TaskStatus::Queued => out.not_queued.push(id),
+                Some(task) => {
+                    by_op.entry(task.op.clone()).or_default().insert(id);
+                }
+            }
+        }
+        for (op, doomed) in by_op {
+            if let Some(queue) = self.queues.get_mut(&op) {
+                queue.retain(|id| !doomed.contains(id));
+            }
+            let mut doomed: Vec<TaskId> = doomed.into_iter().collect();
+            doomed.sort_unstable();
+            self.cancel_dequeued(doomed, &mut out.finished);
+        }
+        out
+    }
+
+    /// Cancels every queued task (of `op`, if given): each queue is taken
+    /// whole, so the cost is the number of tasks cancelled.
+    pub fn cancel_queued(&mut self, op: Option<&str>) -> Vec<Finished> {
+        let ops: Vec<Arc<str>> = self
+            .queues
+            .keys()
+            .filter(|name| op.is_none_or(|o| &***name == o))
+            .cloned()
+            .collect();
+        let mut finished = Vec::new();
+        for op in ops {
+            let queue = self
+                .queues
+                .get_mut(&op)
+                .map(std::mem::take)
+                .unwrap_or_default();
+            self.cancel_dequeued(queue, &mut finished);
+        }
+        finished
+    }
+
+    /// Ids already taken out of their queue.
+    fn cancel_dequeued(
+        &mut self,
+        ids: impl IntoIterator<Item = TaskId>,
+        finished: &mut Vec<Finished>,
+    ) {
+        for id in ids {
+            self.queued -= 1;
+            finished.push(self.finish(id, TaskStatus::Cancelled, None, None));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use wire::planner::Registration;
+
+    use super::*;
+
+    fn board_with(tasks: &[(TaskId, &str)]) -> Board {
+        let mut board = Board::new(3, 100_000);
+        board.insert(
+            tasks
+                .iter()
+                .map(|(id, op)| Task::new(*id, (*op).into(), vec![1, 2].into(), *id * 10)),
+        );
+        board
+    }
+
+    #[test]
+    fn cancelling_by_id_takes_exactly_those_out_of_their_queues() {
+        let mut board = board_with(&[(1, "mul"), (2, "add"), (3, "mul"), (4, "mul")]);
+        let cancelled = board.cancel_ids(&[3, 1, 99]);
+        let mut ids: Vec<TaskId> = cancelled.finished.iter().map(|t| t.id).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, [1, 3]);
+        assert_eq!(cancelled.not_found, [99]);
+        assert_eq!(board.queued(), 2);
+        assert_eq!(board.cancel_ids(&[1]).not_queued, [1]);
+        // What is left still dispatches, in order.
+        board.register(Registration {
+            id: "w".into(),
+            url: "http://w".into(),
+            ops: vec![wire::OpInfo {
+                name: "mul".into(),
+                digest: "d".into(),
+                arity: 2,
+                doc: String::new(),
+            }],
+            slots: 4,
+        });
+        let sent: Vec<TaskId> = board.pump(Instant::now()).iter().map(|a| a.task).collect();
+        assert_eq!(sent, [4], "only the mul task left in the queue goes out");
+        assert_eq!(board.view(2).map(|v| v.status), Some(TaskStatus::Queued));
+    }
+
+    #[test]
+    fn cancelling_by_op_empties_that_queue_only() {
+        let ids: Vec<(TaskId, &str)> = (1..=20_000).map(|id| (id, "idle")).collect();
+        let mut board = board_with(&ids);
+        board.insert([Task::new(20_001, "mul".into(), vec![1, 2].into(), 0)]);
+        assert_eq!(board.cancel_queued(Some("idle")).len(), 20_000);
+        assert_eq!(board.queued(), 1);
+        assert_eq!(board.stats().by_op["idle"]["cancelled"], 20_000);
+        assert_eq!(board.cancel_queued(Some("idle")).len(), 0);
+        assert_eq!(board.cancel_queued(None).len(), 1);
+        assert_eq!(board.queued(), 0);
+    }
+
+    #[test]
+    fn pages_are_newest_first_and_the_cursor_never_repeats() {
+        let tasks: Vec<(TaskId, &str)> = (1..=25)
+            .map(|id| (id, if id % 2 == 0 { "add" } else { "mul" }))
+            .collect();
+        let board = board_with(&tasks);
+        let mut filter = TaskFilter::default();
+        let mut seen = Vec::new();
+        loop {
+            let page = board.page(&filter, 7);
+            seen.extend(page.iter().map(|t| t.id));
+            match page.last() {
+                Some(last) if page.len() == 7 => filter.before = Some(last.id),
+                _ => break,
+            }
+        }
+        assert_eq!(seen, (1..=25).rev().collect::<Vec<_>>());
+        let adds = TaskFilter {
+            op: Some("add".into()),
+            since_ms: Some(100),
+            ..TaskFilter::default()
+        };
+        let ids: Vec<TaskId> = board.page(&adds, 100).iter().map(|t| t.id).collect();
+        assert_eq!(ids, [24, 22, 20, 18, 16, 14, 12, 10]);
+        assert!(board.page(&adds, 0).is_empty());
+    }
+}
