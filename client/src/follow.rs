@@ -127,10 +127,7 @@ pub async fn follow(
         match events.as_mut() {
             Some(stream) => {
                 let wait = remaining.map_or(QUIET_CATCH_UP, |r| r.min(QUIET_CATCH_UP));
-                let mut next = match tokio::time::timeout(wait, stream.next()).await {
-                    Ok(item) => Some(item),
-                    Err(_) => None,
-                };
+                let mut next = tokio::time::timeout(wait, stream.next()).await.ok();
                 let (mut progressed, mut behind, mut ended) = (false, next.is_none(), false);
                 // Take everything already buffered before redrawing.
                 while let Some(item) = next.take() {

@@ -77,10 +77,11 @@ async fn one(api: &Api, task: NewTask, args: &Submit, output: Output) -> Result<
 pub fn finished_one(view: &TaskView, output: Output) -> Result<Outcome> {
     match output {
         Output::Json => json_out(view)?,
-        Output::Text => match (view.status, view.result) {
-            (TaskStatus::Done, Some(result)) => println!("{result}"),
-            _ => {}
-        },
+        Output::Text => {
+            if let (TaskStatus::Done, Some(result)) = (view.status, view.result) {
+                println!("{result}");
+            }
+        }
     }
     Ok(match view.status {
         TaskStatus::Done => Outcome::Ok,
