@@ -17,8 +17,12 @@ use wire::planner::{TaskStatus, TaskView};
 
 use crate::api::{Api, Event, Events};
 
-/// Without a single event for our tasks for this long, look them up.
+/// Without a single event for this long, look the open tasks up anyway
+/// (insurance: the stream itself says when it dropped events); the spell
+/// doubles while the look-ups find nothing, so a batch stuck in the queue
+/// costs the planner next to nothing.
 const QUIET_CATCH_UP: Duration = Duration::from_secs(2);
+const QUIET_CATCH_UP_MAX: Duration = Duration::from_secs(30);
 const POLL_MIN: Duration = Duration::from_millis(50);
 const POLL_MAX: Duration = Duration::from_secs(1);
 
@@ -113,6 +117,7 @@ pub async fn follow(
     }
     let mut events = events;
     let mut interval = POLL_MIN;
+    let mut quiet = QUIET_CATCH_UP;
     while !open.pending.is_empty() {
         if let Some(deadline) = deadline
             && Instant::now() >= deadline
@@ -126,9 +131,10 @@ pub async fn follow(
         let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         match events.as_mut() {
             Some(stream) => {
-                let wait = remaining.map_or(QUIET_CATCH_UP, |r| r.min(QUIET_CATCH_UP));
+                let wait = remaining.map_or(quiet, |r| r.min(quiet));
                 let mut next = tokio::time::timeout(wait, stream.next()).await.ok();
-                let (mut progressed, mut behind, mut ended) = (false, next.is_none(), false);
+                let timed_out = next.is_none();
+                let (mut progressed, mut behind, mut ended) = (false, timed_out, false);
                 // Take everything already buffered before redrawing.
                 while let Some(item) = next.take() {
                     match item {
@@ -151,6 +157,9 @@ pub async fn follow(
                 }
                 if progressed {
                     progress(&open.tally);
+                    quiet = QUIET_CATCH_UP;
+                } else if timed_out {
+                    quiet = (quiet * 2).min(QUIET_CATCH_UP_MAX);
                 }
             }
             None => {
