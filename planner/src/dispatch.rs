@@ -21,6 +21,8 @@ impl Dispatcher {
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(30))
             .connect_timeout(Duration::from_secs(3))
+            // A worker answers; it never sends the planner elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(Self {
             client,

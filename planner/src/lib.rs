@@ -52,11 +52,15 @@ pub async fn serve(
     let planner = build(&config).await?;
     tracing::info!(durable = planner.store().is_durable(), data_dir = %config.data_dir.display(), "planner ready");
     let stopping = CancellationToken::new();
+    let listening = listener
+        .local_addr()
+        .context("reading the listening address")?;
     let reaper = tokio::spawn(planner.clone().reap_forever());
     let state = api::AppState {
         planner: planner.clone(),
         metrics,
         stopping: stopping.clone(),
+        listening,
     };
     let auth = api::AuthPolicy {
         token: Token::new(config.token.clone()),

@@ -21,6 +21,7 @@ async fn router() -> anyhow::Result<Router> {
         planner,
         metrics: serve::metrics::install(),
         stopping: tokio_util::sync::CancellationToken::new(),
+        listening: "127.0.0.1:3000".parse()?,
     };
     Ok(app(
         state,

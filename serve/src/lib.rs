@@ -1,6 +1,7 @@
 //! HTTP plumbing shared by the planner and the worker.
 
 pub mod auth;
+pub mod cross_origin;
 pub mod error;
 pub mod json;
 pub mod listen;

@@ -50,6 +50,10 @@ pub struct OpInfo {
     pub doc: String,
 }
 
+/// Most tasks one worker runs at once (its `SLOTS`); a registration
+/// claiming more is refused.
+pub const MAX_SLOTS: u32 = 4096;
+
 /// Longest op name.
 pub const MAX_OP_NAME: usize = 64;
 

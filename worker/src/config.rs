@@ -40,7 +40,7 @@ pub struct Config {
     #[arg(long, env = "PLANNER", default_value = "http://localhost:3000")]
     pub planner: String,
     /// Tasks run at once; one more is refused with 429 (403 on legacy routes).
-    #[arg(long, env = "SLOTS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    #[arg(long, env = "SLOTS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=wire::MAX_SLOTS as i64))]
     pub slots: u32,
     /// Artificial work time per task in ms: a number or a range like `3000-12000`.
     #[arg(long, env = "WORK_MS", default_value = "0")]

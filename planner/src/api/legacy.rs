@@ -14,9 +14,9 @@ pub async fn register(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<Register>,
 ) -> Result<Json<Value>, ApiError> {
-    super::workers::check_url(&body.url)?;
-    if body.id.is_empty() {
-        return Err(ApiError::bad_request("`id` must not be empty"));
+    super::workers::check_url(&body.url, state.listening)?;
+    if body.id.is_empty() || body.id.len() > 253 {
+        return Err(ApiError::bad_request("`id` must be 1 to 253 characters"));
     }
     let id = body.id.clone();
     state

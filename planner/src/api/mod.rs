@@ -34,6 +34,9 @@ pub struct AppState {
     /// Cancelled when the planner starts stopping: long-lived answers (event
     /// streams, `?wait=true`) end on it so that draining never hangs.
     pub stopping: tokio_util::sync::CancellationToken,
+    /// The planner's own listening address: a worker URL pointing back at it
+    /// is refused (dispatching or pushing modules to ourselves).
+    pub listening: std::net::SocketAddr,
 }
 
 pub struct AuthPolicy {
@@ -55,6 +58,9 @@ pub fn app(state: AppState, auth: AuthPolicy) -> Router {
         )
         .fallback(serve::error::fallback)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(
+            serve::cross_origin::refuse_cross_site,
+        ))
         .with_state(state)
 }
 

@@ -8,9 +8,39 @@ use wire::planner::{Registration, WorkerView};
 
 use super::{Board, Effects, Worker};
 
+/// A registration refused because it would take over a live worker's id.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "worker id `{id}` is registered from {current} and alive; a worker at another address \
+     may take the id only once that one has left or stopped answering heartbeats"
+)]
+pub struct IdTaken {
+    pub id: String,
+    pub current: String,
+}
+
 impl Board {
     /// Adds or updates a worker. Tasks in flight on it stay accounted for.
-    pub fn register(&mut self, registration: Registration) {
+    ///
+    /// An id belongs to the address that registered it while that worker
+    /// lives: a registration from another address is refused, so nobody can
+    /// redirect a live worker's tasks to themselves by reusing its id.
+    pub fn register(
+        &mut self,
+        registration: Registration,
+        now: Instant,
+        heartbeat_timeout: Duration,
+    ) -> Result<(), IdTaken> {
+        if let Some(worker) = self.workers.get(registration.id.as_str())
+            && *worker.url != *registration.url
+            && !worker.leaving
+            && now.duration_since(worker.last_seen) <= heartbeat_timeout
+        {
+            return Err(IdTaken {
+                id: registration.id,
+                current: worker.url.to_string(),
+            });
+        }
         let ops = registration
             .ops
             .into_iter()
@@ -36,6 +66,7 @@ impl Board {
                 self.workers.insert(id, worker);
             }
         }
+        Ok(())
     }
 
     /// The exercise's `POST /register`: ops unknown, one slot.

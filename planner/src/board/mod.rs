@@ -26,6 +26,7 @@ use wire::{Output, TaskId};
 
 pub use bulk::TaskFilter;
 pub use matching::Assignment;
+pub use membership::IdTaken;
 pub use tasks::CancelError;
 pub use worker::Worker;
 

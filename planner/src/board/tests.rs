@@ -12,12 +12,18 @@ fn op(name: &str) -> wire::OpInfo {
 }
 
 fn register(board: &mut Board, id: &str, ops: &[&str], slots: u32) {
-    board.register(Registration {
-        id: id.into(),
-        url: format!("http://{id}"),
-        ops: ops.iter().map(|o| op(o)).collect(),
-        slots,
-    });
+    board
+        .register(
+            Registration {
+                id: id.into(),
+                url: format!("http://{id}"),
+                ops: ops.iter().map(|o| op(o)).collect(),
+                slots,
+            },
+            Instant::now(),
+            Duration::from_secs(3),
+        )
+        .expect("a new id registers");
 }
 
 fn submit(board: &mut Board, id: TaskId, op: &str) {
@@ -226,4 +232,26 @@ fn a_requeued_task_forgets_the_digest_of_the_worker_that_lost_it() {
     let view = board.view(1).unwrap();
     assert_eq!(view.status, TaskStatus::Queued);
     assert_eq!(view.digest, None);
+}
+
+#[test]
+fn a_live_workers_id_cannot_be_taken_from_another_address() {
+    let mut board = Board::new(3, 100);
+    register(&mut board, "mul-1", &["mul"], 1);
+    let hijack = Registration {
+        id: "mul-1".into(),
+        url: "http://attacker:8080".into(),
+        ops: vec![op("mul")],
+        slots: 1,
+    };
+    let timeout = Duration::from_secs(3);
+    let refused = board.register(hijack.clone(), Instant::now(), timeout);
+    assert!(refused.is_err());
+    assert_eq!(board.workers()[0].url, "http://mul-1");
+    // The same address refreshing its registration is fine.
+    register(&mut board, "mul-1", &["mul"], 2);
+    // Once the old worker stopped answering, the id is free again.
+    let later = Instant::now() + Duration::from_secs(10);
+    assert!(board.register(hijack, later, timeout).is_ok());
+    assert_eq!(board.workers()[0].url, "http://attacker:8080");
 }

@@ -30,6 +30,9 @@ impl Pusher {
         // Compiling a module takes a while on a busy worker; be patient.
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
+            // A module push never follows a redirect (back into the planner,
+            // or anywhere else the worker's answer points).
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(Self { client, token })
     }

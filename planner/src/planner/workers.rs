@@ -6,12 +6,11 @@ use std::time::{Duration, Instant};
 use wire::planner::{Registration, WorkerChange};
 
 use super::Planner;
+use crate::board::IdTaken;
 use crate::modules::Module;
 
 impl Planner {
-    pub fn register(self: &Arc<Self>, registration: Registration) {
-        tracing::info!(worker = %registration.id, url = %registration.url, slots = registration.slots,
-            ops = ?registration.ops.iter().map(|o| o.name.as_str()).collect::<Vec<_>>(), "worker registered");
+    pub fn register(self: &Arc<Self>, registration: Registration) -> Result<(), IdTaken> {
         let (id, url) = (registration.id.clone(), registration.url.clone());
         let stale: Vec<Arc<Module>> = registration
             .ops
@@ -22,7 +21,19 @@ impl Planner {
                     .filter(|m| m.digest != info.digest)
             })
             .collect();
-        self.board().register(registration);
+        let described = format!(
+            "url={} slots={} ops={:?}",
+            registration.url,
+            registration.slots,
+            registration
+                .ops
+                .iter()
+                .map(|o| o.name.as_str())
+                .collect::<Vec<_>>()
+        );
+        self.board()
+            .register(registration, Instant::now(), self.limits.heartbeat_timeout)?;
+        tracing::info!(worker = %id, "worker registered: {described}");
         self.publish_worker(&id, WorkerChange::Registered);
         self.pump();
         // A worker that joins (or comes back) with an older version of an op
@@ -41,6 +52,7 @@ impl Planner {
                 }
             });
         }
+        Ok(())
     }
 
     pub fn register_legacy(self: &Arc<Self>, id: String, url: String) {

@@ -34,6 +34,10 @@ pub enum StoreError {
     Stopped,
     #[error("cannot open the data dir: {0}")]
     Io(#[from] std::io::Error),
+    #[error(
+        "the data dir {dir} is in use by another planner ({holder}); two planners on one data dir would lose tasks"
+    )]
+    Locked { dir: PathBuf, holder: String },
 }
 
 enum Write {
@@ -66,6 +70,8 @@ pub fn first_id() -> TaskId {
 }
 
 pub struct Store {
+    /// Held (locked) for as long as the store is open.
+    _lock: Option<std::fs::File>,
     writer: Option<mpsc::Sender<Write>>,
     reader: Option<Mutex<rusqlite::Connection>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -79,6 +85,7 @@ impl Store {
         let dir = match durability {
             Durability::Memory => {
                 let store = Self {
+                    _lock: None,
                     writer: None,
                     reader: None,
                     thread: Mutex::new(None),
@@ -95,6 +102,7 @@ impl Store {
             Durability::Durable(dir) => dir,
         };
         std::fs::create_dir_all(dir)?;
+        let lock = lock_dir(dir)?;
         let path = dir.join("planner.sqlite3");
         let conn = sqlite::open(&path)?;
         let recovered = sqlite::recover(&conn, recent_finished)?;
@@ -104,6 +112,7 @@ impl Store {
             .name("store-writer".into())
             .spawn(move || write_loop(conn, rx))?;
         let store = Self {
+            _lock: Some(lock),
             writer: Some(tx),
             reader: Some(Mutex::new(reader)),
             thread: Mutex::new(Some(thread)),
@@ -164,6 +173,36 @@ impl Store {
             }
         }
     }
+}
+
+/// Takes the data dir's exclusive lock (released by the OS when the process
+/// ends, however it ends) and writes who holds it, for the next one to name.
+fn lock_dir(dir: &std::path::Path) -> Result<std::fs::File, StoreError> {
+    use std::io::{Read, Seek, Write};
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dir.join("planner.lock"))?;
+    if let Err(err) = file.try_lock() {
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        let holder = match holder.trim() {
+            "" => format!("lock held: {err}"),
+            who => who.to_string(),
+        };
+        return Err(StoreError::Locked {
+            dir: dir.to_path_buf(),
+            holder,
+        });
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    write!(file, "pid {} on {}", std::process::id(), host.trim())?;
+    file.flush()?;
+    Ok(file)
 }
 
 impl Drop for Store {
