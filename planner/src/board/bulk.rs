@@ -149,17 +149,23 @@ mod tests {
         assert_eq!(board.queued(), 2);
         assert_eq!(board.cancel_ids(&[1]).not_queued, [1]);
         // What is left still dispatches, in order.
-        board.register(Registration {
-            id: "w".into(),
-            url: "http://w".into(),
-            ops: vec![wire::OpInfo {
-                name: "mul".into(),
-                digest: "d".into(),
-                arity: 2,
-                doc: String::new(),
-            }],
-            slots: 4,
-        });
+        board
+            .register(
+                Registration {
+                    id: "w".into(),
+                    url: "http://w".into(),
+                    ops: vec![wire::OpInfo {
+                        name: "mul".into(),
+                        digest: "d".into(),
+                        arity: 2,
+                        doc: String::new(),
+                    }],
+                    slots: 4,
+                },
+                Instant::now(),
+                std::time::Duration::from_secs(3),
+            )
+            .expect("a new worker registers");
         let sent: Vec<TaskId> = board.pump(Instant::now()).iter().map(|a| a.task).collect();
         assert_eq!(sent, [4], "only the mul task left in the queue goes out");
         assert_eq!(board.view(2).map(|v| v.status), Some(TaskStatus::Queued));
