@@ -32,9 +32,11 @@ pub enum StoreKind {
     Durable,
     /// Nothing survives a restart.
     Memory,
+    /// PostgreSQL at DATABASE_URL (one planner per database for now).
+    Postgres,
 }
 
-#[derive(clap::Args, Debug, Clone)]
+#[derive(clap::Args, Clone)]
 pub struct ServeConfig {
     /// Port to listen on (0 picks a free one).
     #[arg(long, env = "PORT", default_value_t = 3000)]
@@ -48,6 +50,22 @@ pub struct ServeConfig {
     /// Where tasks are kept.
     #[arg(long, env = "STORE", value_enum, default_value_t = StoreKind::Durable)]
     pub store: StoreKind,
+    /// The PostgreSQL database for `--store postgres`, as a URL
+    /// (postgres://user:password@host:port/database?sslmode=require).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        conflicts_with = "database_url_file"
+    )]
+    pub database_url: Option<String>,
+    /// A file holding DATABASE_URL (a mounted Kubernetes Secret).
+    #[arg(long, env = "DATABASE_URL_FILE")]
+    pub database_url_file: Option<PathBuf>,
+    /// How long (ms) to keep trying to reach the database at start before
+    /// giving up; `/readyz` answers 503 meanwhile.
+    #[arg(long, env = "DATABASE_CONNECT_TIMEOUT_MS", default_value_t = 60_000)]
+    pub database_connect_timeout_ms: u64,
     /// Shared bearer token for workers and module uploads; unset = no auth.
     #[arg(long, env = "TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -78,4 +96,42 @@ pub struct ServeConfig {
     /// the exercise.
     #[arg(long, env = "TASKS", default_value_t = 0)]
     pub tasks: usize,
+}
+
+impl ServeConfig {
+    /// The database URL for the PostgreSQL store: `--database-url`, or the
+    /// trimmed contents of `--database-url-file`.
+    pub fn database_url(&self) -> anyhow::Result<String> {
+        use anyhow::Context;
+        if let Some(url) = &self.database_url {
+            return Ok(url.clone());
+        }
+        if let Some(path) = &self.database_url_file {
+            let url = std::fs::read_to_string(path)
+                .with_context(|| format!("reading DATABASE_URL_FILE {}", path.display()))?;
+            return Ok(url.trim().to_string());
+        }
+        anyhow::bail!("STORE=postgres needs DATABASE_URL or DATABASE_URL_FILE")
+    }
+}
+
+// By hand, so that the database URL (which may hold a password) and the
+// token never reach a log.
+impl std::fmt::Debug for ServeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeConfig")
+            .field("port", &self.port)
+            .field("bind", &self.bind)
+            .field("data_dir", &self.data_dir)
+            .field("store", &self.store)
+            .field(
+                "database_url",
+                &self.database_url.as_ref().map(|_| "<redacted>"),
+            )
+            .field("database_url_file", &self.database_url_file)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("queue_limit", &self.queue_limit)
+            .field("max_attempts", &self.max_attempts)
+            .finish_non_exhaustive()
+    }
 }

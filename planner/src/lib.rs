@@ -13,6 +13,7 @@ pub mod events;
 pub mod latency;
 pub mod modules;
 pub mod planner;
+mod starting;
 pub mod store;
 pub mod task;
 pub mod telemetry;
@@ -49,7 +50,30 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let metrics = serve::metrics::install();
-    let planner = build(&config).await?;
+    let mut shutdown = Box::pin(shutdown);
+    let (planner, listener) = if config.store == StoreKind::Postgres {
+        // Connecting may take a while (the database may not be up yet):
+        // answer meanwhile, not ready, rather than leave clients hanging.
+        let target =
+            store::postgres::Target::parse(&config.database_url()?).map_err(anyhow::Error::msg)?;
+        let listener = listener.into_std()?;
+        let starting = starting::serve(
+            TcpListener::from_std(listener.try_clone()?)?,
+            target.shown.clone(),
+        );
+        let built = tokio::select! {
+            built = build(&config) => built,
+            () = &mut shutdown => {
+                starting.stop().await;
+                tracing::info!("stopped before the store was ready");
+                return Ok(());
+            }
+        };
+        starting.stop().await;
+        (built?, TcpListener::from_std(listener)?)
+    } else {
+        (build(&config).await?, listener)
+    };
     tracing::info!(durable = planner.store().is_durable(), data_dir = %config.data_dir.display(), "planner ready");
     let stopping = CancellationToken::new();
     let listening = listener
@@ -98,12 +122,29 @@ pub async fn serve(
 /// The planner with its store opened and recovered, and `TASKS` seeded;
 /// public so that tests can put it behind [`api::app`] without a socket.
 pub async fn build(config: &ServeConfig) -> Result<Arc<Planner>> {
+    // PostgreSQL keeps the tasks; modules stay under DATA_DIR for now.
     let durability = match config.store {
         StoreKind::Memory => Durability::Memory,
-        StoreKind::Durable => Durability::Durable(config.data_dir.clone()),
+        StoreKind::Durable | StoreKind::Postgres => Durability::Durable(config.data_dir.clone()),
     };
-    let (store, recovered) = Store::open(&durability, config.retain_finished)
-        .with_context(|| format!("opening the task store in {}", config.data_dir.display()))?;
+    let (store, recovered) = match config.store {
+        StoreKind::Postgres => {
+            let target = store::postgres::Target::parse(&config.database_url()?)
+                .map_err(anyhow::Error::msg)?;
+            let (pg, recovered) = store::postgres::open(
+                &target,
+                Duration::from_millis(config.database_connect_timeout_ms),
+                replica_name(),
+                config.retain_finished,
+            )
+            .await
+            .map_err(anyhow::Error::msg)?;
+            tracing::info!(database = %target.shown, "connected to PostgreSQL");
+            (Store::postgres(pg), recovered)
+        }
+        StoreKind::Memory | StoreKind::Durable => Store::open(&durability, config.retain_finished)
+            .with_context(|| format!("opening the task store in {}", config.data_dir.display()))?,
+    };
     let mut board = Board::new(config.max_attempts, config.retain_finished);
     let unfinished = recovered
         .tasks
@@ -135,7 +176,6 @@ pub async fn build(config: &ServeConfig) -> Result<Arc<Planner>> {
         board,
         store,
         dispatcher,
-        next_id: recovered.next_id,
         limits,
         modules,
         pusher: Pusher::new(token)?,
@@ -156,4 +196,12 @@ pub async fn build(config: &ServeConfig) -> Result<Arc<Planner>> {
         tracing::info!(count = ids.len(), "enqueued random tasks");
     }
     Ok(planner)
+}
+
+/// This replica's name in the rows it owns: the host (the pod's name on
+/// Kubernetes), the process and the start time, so a restarted planner is a
+/// new owner.
+fn replica_name() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "planner".into());
+    format!("{host}/{}/{}", std::process::id(), serve::now_ms())
 }

@@ -17,6 +17,7 @@ use wire::planner::{TaskView, WorkerView};
 
 pub mod chart;
 pub mod values_doc;
+pub mod postgres;
 
 /// A component built from `tests/fixtures/ops` or `ops/` by `build.rs`.
 pub fn fixture(op: &str) -> PathBuf {
@@ -63,13 +64,46 @@ pub struct System {
     pub workers: Vec<Service>,
     pub client: reqwest::Client,
     pub token: Option<String>,
+    /// The planner's PostgreSQL database, when it runs on one (see
+    /// [`store_env`]).
+    pub database: Option<postgres::Database>,
+}
+
+/// Which store the suites run their planners on: `E2E_STORE=postgres` runs
+/// them on a fresh PostgreSQL database each (see [`postgres`]); anything
+/// else, the default SQLite store. Tests that choose a store themselves
+/// (`STORE` in their environment) keep it.
+pub fn e2e_store_is_postgres() -> bool {
+    std::env::var("E2E_STORE").is_ok_and(|s| s == "postgres")
+}
+
+/// The planner environment selecting the store for a test: a new database
+/// (returned, to keep it for restarts) under `E2E_STORE=postgres`.
+async fn store_env(env: &[(&str, &str)]) -> Result<Option<postgres::Database>> {
+    if !e2e_store_is_postgres() || env.iter().any(|(k, _)| *k == "STORE") {
+        return Ok(None);
+    }
+    Ok(Some(postgres::database().await?))
+}
+
+fn with_database<'a>(
+    env: &[(&'a str, &'a str)],
+    database: Option<&'a postgres::Database>,
+) -> Vec<(&'a str, &'a str)> {
+    let mut env = env.to_vec();
+    if let Some(database) = database {
+        env.insert(0, ("STORE", "postgres"));
+        env.insert(1, ("DATABASE_URL", &database.url));
+    }
+    env
 }
 
 impl System {
     /// A planner with a fresh data dir and the given extra environment.
     pub async fn start(env: &[(&str, &str)]) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("e2e-").tempdir()?;
-        let planner = start_planner(dir.path(), env).await?;
+        let database = store_env(env).await?;
+        let planner = start_planner(dir.path(), &with_database(env, database.as_ref())).await?;
         let token = env
             .iter()
             .find(|(k, _)| *k == "TOKEN")
@@ -80,6 +114,7 @@ impl System {
             workers: Vec::new(),
             client: reqwest::Client::new(),
             token,
+            database,
         })
     }
 
@@ -118,7 +153,7 @@ impl System {
     /// Restarts the planner on the same data dir and port (after a kill).
     pub async fn restart_planner(&mut self, env: &[(&str, &str)]) -> Result<()> {
         let port = self.planner.addr.port().to_string();
-        let mut env = env.to_vec();
+        let mut env = with_database(env, self.database.as_ref());
         env.push(("PORT", &port));
         self.planner = start_planner(self.dir.path(), &env).await?;
         Ok(())
@@ -239,7 +274,21 @@ async fn start_planner(dir: &Path, env: &[(&str, &str)]) -> Result<Service> {
         "planner-{}.log",
         std::process::id() as u64 * 1000 + next_seq()
     ));
-    Service::start("planner", cmd, &log).await
+    let planner = Service::start("planner", cmd, &log).await?;
+    // A planner on PostgreSQL listens (and answers 503) while it connects.
+    if env.iter().any(|(k, v)| *k == "STORE" && *v == "postgres") {
+        let ready = format!("{}/readyz", planner.url());
+        poll(
+            Duration::from_secs(60),
+            "the planner to be ready",
+            || async {
+                let status = reqwest::get(&ready).await.ok()?.status();
+                status.is_success().then_some(())
+            },
+        )
+        .await?;
+    }
+    Ok(planner)
 }
 
 fn next_seq() -> u64 {

@@ -66,7 +66,7 @@ pub async fn submit(
     };
     let (status, views) = match finished {
         Some(views) => (StatusCode::OK, views),
-        None => (StatusCode::ACCEPTED, current_views(&state, &ids)),
+        None => (StatusCode::ACCEPTED, current_views(&state, &ids).await),
     };
     if single {
         let Some(view) = views.into_iter().next() else {
@@ -92,10 +92,14 @@ async fn futures_all(
     Some(views)
 }
 
-fn current_views(state: &AppState, ids: &[TaskId]) -> Vec<TaskView> {
-    ids.iter()
-        .filter_map(|id| state.planner.view(*id).ok().flatten())
-        .collect()
+async fn current_views(state: &AppState, ids: &[TaskId]) -> Vec<TaskView> {
+    let mut views = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Ok(Some(view)) = state.planner.view(*id).await {
+            views.push(view);
+        }
+    }
+    views
 }
 
 fn submit_error(err: SubmitError) -> ApiError {
@@ -141,7 +145,7 @@ pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<TaskId>,
 ) -> Result<Json<TaskView>, ApiError> {
-    match state.planner.view(id).map_err(ApiError::internal)? {
+    match state.planner.view(id).await.map_err(ApiError::internal)? {
         Some(view) => Ok(Json(view)),
         None => Err(ApiError::not_found(format!("no task {id}"))),
     }

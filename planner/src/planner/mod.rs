@@ -21,7 +21,6 @@ pub use rollout::ModuleError;
 pub use tasks::{MAX_ARGS, SubmitError};
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -45,7 +44,6 @@ pub struct Planner {
     board: Mutex<Board>,
     store: Store,
     dispatcher: Dispatcher,
-    next_id: AtomicU64,
     waiters: Mutex<HashMap<TaskId, Vec<oneshot::Sender<TaskView>>>>,
     limits: Limits,
     gaps: crate::latency::Recorder,
@@ -59,7 +57,6 @@ pub struct Parts {
     pub board: Board,
     pub store: Store,
     pub dispatcher: Dispatcher,
-    pub next_id: TaskId,
     pub limits: Limits,
     pub modules: Modules,
     pub pusher: Pusher,
@@ -71,7 +68,6 @@ impl Planner {
             board,
             store,
             dispatcher,
-            next_id,
             limits,
             modules,
             pusher,
@@ -82,7 +78,6 @@ impl Planner {
             dispatcher,
             modules,
             pusher,
-            next_id: AtomicU64::new(next_id),
             waiters: Mutex::new(HashMap::new()),
             limits,
             gaps: crate::latency::Recorder::default(),

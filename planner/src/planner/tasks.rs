@@ -1,7 +1,6 @@
 //! Submitting, reading and cancelling tasks.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use tokio::sync::oneshot;
 use wire::TaskId;
@@ -44,11 +43,11 @@ impl Planner {
                 limit: self.limits.queue,
             });
         }
-        let first = self.next_id.fetch_add(new.len() as u64, Ordering::Relaxed);
+        let ids = self.store.new_ids(new.len()).await?;
         let now = serve::now_ms();
         let tasks: Vec<Task> = new
             .into_iter()
-            .zip(first..)
+            .zip(ids)
             .map(|(t, id)| Task::new(id, t.op.into(), t.args.into(), now))
             .collect();
         let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
@@ -115,11 +114,12 @@ impl Planner {
             .collect()
     }
 
-    pub fn view(&self, id: TaskId) -> Result<Option<TaskView>, StoreError> {
-        if let Some(view) = self.board().view(id) {
+    pub async fn view(&self, id: TaskId) -> Result<Option<TaskView>, StoreError> {
+        let on_board = self.board().view(id);
+        if let Some(view) = on_board {
             return Ok(Some(view));
         }
-        Ok(self.store.get(id)?.map(|t| t.view(None)))
+        Ok(self.store.get(id).await?.map(|t| t.view(None)))
     }
 
     pub fn cancel(&self, id: TaskId) -> Result<TaskView, CancelError> {

@@ -1,16 +1,19 @@
-//! Durable task records: an embedded SQLite database under `DATA_DIR`.
+//! Durable task records: an embedded SQLite database under `DATA_DIR` (the
+//! default), or a PostgreSQL database ([`postgres`], `STORE=postgres`).
 //!
-//! One writer thread owns the write connection and commits in groups:
+//! Either way one writer owns the write connection and commits in groups:
 //! whatever queued up while the previous commit was syncing goes into the
 //! next transaction, so a burst of submissions costs one fsync, not one per
 //! task. A submission is acknowledged to the client only after its commit;
 //! results are written behind (a result lost in a crash just means the task
 //! runs again, and is still recorded once).
 
+pub mod postgres;
 mod sqlite;
 
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 
 use tokio::sync::oneshot;
@@ -38,6 +41,8 @@ pub enum StoreError {
         "the data dir {dir} is in use by another planner ({holder}); two planners on one data dir would lose tasks"
     )]
     Locked { dir: PathBuf, holder: String },
+    #[error("database error: {0}")]
+    Postgres(#[from] postgres::PgError),
 }
 
 enum Write {
@@ -75,26 +80,54 @@ pub struct Store {
     writer: Option<mpsc::Sender<Write>>,
     reader: Option<Mutex<rusqlite::Connection>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The next id to hand out (SQLite and memory stores; PostgreSQL takes
+    /// ids from a sequence).
+    next_id: AtomicU64,
+    postgres: Option<postgres::PgStore>,
 }
 
 impl Store {
+    /// A store on PostgreSQL (already connected and migrated).
+    pub fn postgres(store: postgres::PgStore) -> Self {
+        Self {
+            _lock: None,
+            writer: None,
+            reader: None,
+            thread: Mutex::new(None),
+            next_id: AtomicU64::new(0),
+            postgres: Some(store),
+        }
+    }
+
+    /// Ids for `n` new tasks, never handed out before, ascending.
+    pub async fn new_ids(&self, n: usize) -> Result<Vec<TaskId>, StoreError> {
+        if let Some(pg) = &self.postgres {
+            return Ok(pg.new_ids(n).await?);
+        }
+        let first = self.next_id.fetch_add(n as u64, Ordering::Relaxed);
+        Ok((first..first + n as u64).collect())
+    }
+
     pub fn open(
         durability: &Durability,
         recent_finished: usize,
     ) -> Result<(Self, Recovered), StoreError> {
         let dir = match durability {
             Durability::Memory => {
+                let next_id = first_id();
                 let store = Self {
                     _lock: None,
                     writer: None,
                     reader: None,
                     thread: Mutex::new(None),
+                    next_id: AtomicU64::new(next_id),
+                    postgres: None,
                 };
                 return Ok((
                     store,
                     Recovered {
                         tasks: Vec::new(),
-                        next_id: first_id(),
+                        next_id,
                         fresh: true,
                     },
                 ));
@@ -116,16 +149,21 @@ impl Store {
             writer: Some(tx),
             reader: Some(Mutex::new(reader)),
             thread: Mutex::new(Some(thread)),
+            next_id: AtomicU64::new(recovered.next_id),
+            postgres: None,
         };
         Ok((store, recovered))
     }
 
     pub fn is_durable(&self) -> bool {
-        self.writer.is_some()
+        self.writer.is_some() || self.postgres.is_some()
     }
 
     /// Persists new tasks; resolves once they are committed to disk.
     pub async fn insert(&self, tasks: Vec<Task>) -> Result<(), StoreError> {
+        if let Some(pg) = &self.postgres {
+            return Ok(pg.insert(tasks).await?);
+        }
         let Some(writer) = &self.writer else {
             return Ok(());
         };
@@ -144,19 +182,26 @@ impl Store {
 
     /// Records a final state, written behind.
     pub fn finished(&self, task: Task) {
-        if let Some(writer) = &self.writer {
+        if let Some(pg) = &self.postgres {
+            pg.finished(task);
+        } else if let Some(writer) = &self.writer {
             let _ = writer.send(Write::Finished(task));
         }
     }
 
     pub fn attempts(&self, id: TaskId, attempts: u32) {
-        if let Some(writer) = &self.writer {
+        if let Some(pg) = &self.postgres {
+            pg.attempts(id, attempts);
+        } else if let Some(writer) = &self.writer {
             let _ = writer.send(Write::Attempts(id, attempts));
         }
     }
 
     /// A task no longer kept in memory.
-    pub fn get(&self, id: TaskId) -> Result<Option<Task>, StoreError> {
+    pub async fn get(&self, id: TaskId) -> Result<Option<Task>, StoreError> {
+        if let Some(pg) = &self.postgres {
+            return Ok(pg.get(id).await?);
+        }
         let Some(reader) = &self.reader else {
             return Ok(None);
         };
@@ -166,7 +211,9 @@ impl Store {
 
     /// Waits until everything sent so far is committed.
     pub async fn flush(&self) {
-        if let Some(writer) = &self.writer {
+        if let Some(pg) = &self.postgres {
+            pg.flush().await;
+        } else if let Some(writer) = &self.writer {
             let (tx, rx) = oneshot::channel();
             if writer.send(Write::Flush(tx)).is_ok() {
                 let _ = rx.await;
