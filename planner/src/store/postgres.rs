@@ -280,7 +280,7 @@ impl PgStore {
         let client = self.pool.get().await?;
         let rows = client
             .query(
-                "SELECT nextval('task_ids') FROM generate_series(1, $1)",
+                "SELECT nextval('task_ids') FROM generate_series(1::bigint, $1::bigint)",
                 &[&(n as i64)],
             )
             .await?;
