@@ -16,8 +16,8 @@ use wire::TaskId;
 use wire::planner::{TaskView, WorkerView};
 
 pub mod chart;
-pub mod values_doc;
 pub mod postgres;
+pub mod values_doc;
 
 /// A component built from `tests/fixtures/ops` or `ops/` by `build.rs`.
 pub fn fixture(op: &str) -> PathBuf {

@@ -38,7 +38,7 @@ const MIGRATIONS: &[(i64, &str, &str)] =
     &[(1, "tasks", include_str!("../../migrations/0001_tasks.sql"))];
 
 /// The advisory lock key serialising migrations ("planner" in ASCII).
-const MIGRATION_LOCK: i64 = 0x706c_616e_6e65_72;
+const MIGRATION_LOCK: i64 = 0x0070_6c61_6e6e_6572;
 
 /// Most writes in one transaction.
 const MAX_BATCH: usize = 8192;
