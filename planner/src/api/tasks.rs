@@ -195,6 +195,7 @@ pub async fn list(
         return state
             .planner
             .views(&ids)
+            .await
             .map(Json)
             .map_err(ApiError::internal);
     }
@@ -275,6 +276,7 @@ pub async fn cancel_many(
     state
         .planner
         .cancel_many(target)
+        .await
         .map(Json)
         .map_err(|err| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, err.to_string()))
 }

@@ -19,7 +19,7 @@ pub enum CancelTarget<'a> {
 impl Planner {
     /// These tasks, in this order (unknown ids left out): from memory, else
     /// from the store.
-    pub fn views(&self, ids: &[TaskId]) -> Result<Vec<TaskView>, StoreError> {
+    pub async fn views(&self, ids: &[TaskId]) -> Result<Vec<TaskView>, StoreError> {
         let in_memory: Vec<Option<TaskView>> = {
             let board = self.board();
             ids.iter().map(|id| board.view(*id)).collect()
@@ -28,7 +28,7 @@ impl Planner {
         for (id, view) in ids.iter().zip(in_memory) {
             match view {
                 Some(view) => views.push(view),
-                None => views.extend(self.store.get(*id)?.map(|t| t.view(None))),
+                None => views.extend(self.store.get(*id).await?.map(|t| t.view(None))),
             }
         }
         Ok(views)
@@ -40,7 +40,7 @@ impl Planner {
 
     /// Cancels queued tasks in one board operation; waiters, the event
     /// stream and the store hear about each, as for a single cancel.
-    pub fn cancel_many(&self, target: CancelTarget<'_>) -> Result<CancelReport, StoreError> {
+    pub async fn cancel_many(&self, target: CancelTarget<'_>) -> Result<CancelReport, StoreError> {
         let (finished, not_found, mut not_queued) = match target {
             CancelTarget::Ids(ids) => {
                 let cancelled = self.board().cancel_ids(ids);
@@ -55,7 +55,7 @@ impl Planner {
         // Tasks that left memory are finished ones, still in the store.
         let mut unknown = Vec::new();
         for id in not_found {
-            match self.store.get(id)? {
+            match self.store.get(id).await? {
                 Some(_) => not_queued.push(id),
                 None => unknown.push(id),
             }
