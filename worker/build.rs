@@ -6,18 +6,14 @@ use std::path::PathBuf;
 fn main() -> anyhow::Result<()> {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
     let ops_dir = manifest_dir.join("../ops");
-    let target_dir = match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => manifest_dir.join("../target"),
-    }
-    .join("wasm-ops");
+    let target_dir = op_build::build_script_target_dir(&manifest_dir.join(".."));
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
 
     let guests = ["add", "mul"]
         .iter()
-        .map(|op| op_builder::Guest::conventional(&ops_dir.join(op)))
+        .map(|op| op_build::Guest::conventional(&ops_dir.join(op)))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    op_builder::build(&guests, &target_dir, &out_dir)?;
+    op_build::build(&guests, &target_dir, &out_dir)?;
 
     for path in ["wit", "add", "mul", "../Cargo.toml"] {
         println!("cargo:rerun-if-changed={}", ops_dir.join(path).display());

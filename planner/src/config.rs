@@ -96,6 +96,8 @@ pub struct ServeConfig {
     /// the exercise.
     #[arg(long, env = "TASKS", default_value_t = 0)]
     pub tasks: usize,
+    #[command(flatten)]
+    pub connections: serve::http::ConnectionLimits,
 }
 
 impl ServeConfig {

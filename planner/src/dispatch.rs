@@ -19,7 +19,7 @@ impl Dispatcher {
     pub fn new(token: Token, timeout: Duration) -> anyhow::Result<Self> {
         let client = reqwest::Client::builder()
             .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_idle_timeout(serve::http::CLIENT_POOL_IDLE)
             .connect_timeout(Duration::from_secs(3))
             // A worker answers; it never sends the planner elsewhere.
             .redirect(reqwest::redirect::Policy::none())
@@ -51,10 +51,7 @@ impl Dispatcher {
                     args: assignment.args.to_vec(),
                 })
         };
-        let request = match self.token.header_value() {
-            Some(value) => request.header(reqwest::header::AUTHORIZATION, value),
-            None => request,
-        };
+        let request = request.headers(self.token.headers());
         let response = match request.timeout(self.timeout).send().await {
             Ok(response) => response,
             Err(err) if err.is_timeout() => {

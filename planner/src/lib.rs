@@ -98,9 +98,7 @@ pub async fn serve(
             stopping.cancel();
         }
     };
-    let server = axum::serve(listener, api::app(state, auth))
-        .with_graceful_shutdown(signal)
-        .into_future();
+    let server = serve::http::run(listener, api::app(state, auth), config.connections, signal);
     let drain = Duration::from_millis(config.drain_timeout_ms);
     let deadline = async {
         stopping.cancelled().await;

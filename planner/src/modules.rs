@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use anyhow::{Context, Result};
-use sha2::{Digest, Sha256};
 
 /// The start of every WebAssembly component: magic, then the component
 /// layer's version. Anything else can't be a module, so it is refused here
@@ -103,7 +102,7 @@ impl Modules {
 }
 
 fn module(name: String, bytes: axum::body::Bytes, stored_at_ms: u64) -> Module {
-    let digest = hex::encode(Sha256::digest(&bytes));
+    let digest = wire::digest_hex(&bytes);
     Module {
         name,
         digest,

@@ -1,7 +1,7 @@
-//! Shared bearer-token check.
+//! The shared bearer token: presenting it (clients) and checking it (servers).
 
 use axum::extract::{Request, State};
-use axum::http::header;
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -21,17 +21,27 @@ impl Token {
         self.0.is_some()
     }
 
-    /// The `Authorization` header value to send, if a token is set.
-    pub fn header_value(&self) -> Option<String> {
-        self.0.as_ref().map(|t| format!("Bearer {t}"))
+    /// The headers that present this token: `Authorization: Bearer <token>`,
+    /// marked sensitive so no HTTP log shows it; empty when no token is set.
+    /// Every client request of the project adds these (`.headers(...)`).
+    pub fn headers(&self) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let Some(token) = &self.0
+            && let Ok(mut value) = HeaderValue::from_str(&format!("Bearer {token}"))
+        {
+            value.set_sensitive(true);
+            headers.insert(header::AUTHORIZATION, value);
+        }
+        headers
     }
 
-    /// Whether a request's `Authorization` header carries this token.
-    pub fn admits(&self, authorization: Option<&axum::http::HeaderValue>) -> bool {
+    /// Whether a request's `Authorization` header carries this token. The
+    /// scheme is matched case-insensitively, as RFC 9110 (11.1) says.
+    pub fn admits(&self, authorization: Option<&HeaderValue>) -> bool {
         let Some(expected) = &self.0 else { return true };
         let presented = authorization
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(bearer_credentials)
             .unwrap_or("");
         constant_time_eq(presented.as_bytes(), expected.as_bytes())
     }
@@ -45,6 +55,15 @@ impl std::fmt::Debug for Token {
             "Token(<none>)"
         })
     }
+}
+
+/// The credentials of a `Bearer` `Authorization` value: the scheme in any
+/// case, then one or more spaces.
+fn bearer_credentials(value: &str) -> Option<&str> {
+    let (scheme, credentials) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| credentials.trim_start_matches(' '))
 }
 
 /// Compares without an early exit, so timing does not reveal how much of a
@@ -78,6 +97,33 @@ mod tests {
         assert!(!token.admits(Some(&HeaderValue::from_static("s3cret"))));
         assert!(!token.admits(None));
         assert!(!format!("{token:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn the_scheme_is_case_insensitive_and_the_credentials_are_not() {
+        let token = Token::new(Some("s3cret".into()));
+        for value in ["bearer s3cret", "BEARER s3cret", "BeArEr  s3cret"] {
+            assert!(
+                token.admits(Some(&HeaderValue::from_static(value))),
+                "{value}"
+            );
+        }
+        for value in ["Bearer S3CRET", "Basic s3cret", "Bearers3cret", "Bearer"] {
+            assert!(
+                !token.admits(Some(&HeaderValue::from_static(value))),
+                "{value}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_presented_header_is_the_one_admitted_and_is_sensitive() {
+        let token = Token::new(Some("s3cret".into()));
+        let headers = token.headers();
+        let value = headers.get(header::AUTHORIZATION).expect("set");
+        assert!(value.is_sensitive());
+        assert!(token.admits(Some(value)));
+        assert!(Token::new(None).headers().is_empty());
     }
 
     #[test]

@@ -62,6 +62,15 @@ pub async fn fallback(method: axum::http::Method, uri: axum::http::Uri) -> ApiEr
     ApiError::not_found(format!("no route for {method} {}", uri.path()))
 }
 
+/// A route that exists, asked with a method it lacks: 405 in JSON (axum
+/// keeps the `Allow` header).
+pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
 impl From<axum::extract::rejection::QueryRejection> for ApiError {
     fn from(rejection: axum::extract::rejection::QueryRejection) -> Self {
         Self::bad_request(format!("invalid query: {}", rejection.body_text()))

@@ -74,8 +74,14 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
             .await
             .map(RawBody)
             .map_err(|rejection| {
+                // A body past its deadline: the client was too slow, 408.
+                let status = if crate::http::is_body_timeout(&rejection) {
+                    StatusCode::REQUEST_TIMEOUT
+                } else {
+                    rejection.status()
+                };
                 ApiError::new(
-                    rejection.status(),
+                    status,
                     format!("cannot read body: {}", rejection.body_text()),
                 )
             })

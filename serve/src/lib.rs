@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod cross_origin;
 pub mod error;
+pub mod http;
 pub mod json;
 pub mod listen;
 pub mod logging;

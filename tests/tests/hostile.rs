@@ -188,3 +188,57 @@ async fn malformed_bodies_on_every_route_get_a_4xx_json_error_and_nothing_crashe
     .await??;
     Ok(())
 }
+
+/// Issue 12, attack 9: a module describing itself with a 2.8 MB doc made a
+/// worker unregistrable. Now the worker refuses it at load, saying why, and
+/// a `describe()` that never returns is one readable error, not a wasmtime
+/// backtrace; the worker stays registered and serving throughout.
+#[tokio::test]
+async fn modules_whose_description_breaks_the_limits_are_refused_at_load() -> anyhow::Result<()> {
+    let mut system = System::start(&[]).await?;
+    let url = system
+        .add_worker("w", &[("OP_TIMEOUT_MS", "300")])
+        .await?
+        .url();
+    system.wait_for_workers(1).await?;
+    let client = reqwest::Client::new();
+    for (op, expected) in [
+        ("bigdoc", "doc is 2800000 bytes, over the 1024-byte limit"),
+        (
+            "stall",
+            "describe() failed: deadline exceeded: the call ran longer than 300 ms",
+        ),
+    ] {
+        let module = std::fs::read(e2e::fixture(op))?;
+        let response = client
+            .put(format!("{url}/ops/{op}"))
+            .body(module)
+            .send()
+            .await?;
+        assert_eq!(response.status(), 400, "{op}");
+        let error = response.json::<Value>().await?["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(error.contains(expected), "{op}: {error}");
+        assert!(
+            !error.contains('\n') && !error.contains("backtrace"),
+            "{op}: one readable line: {error}"
+        );
+    }
+    // Still registered (a heartbeat and a re-registration both went
+    // through) and serving.
+    let (status, body) = system
+        .post_json("/tasks?wait=true", &json!({"op": "add", "args": [1, 1]}))
+        .await?;
+    assert_eq!((status, &body["result"]), (200, &json!(2)), "{body}");
+    let workers = system.workers().await?;
+    let ops: Vec<&str> = workers[0]
+        .ops
+        .iter()
+        .flatten()
+        .map(|o| o.name.as_str())
+        .collect();
+    assert_eq!(ops, ["add", "mul"]);
+    Ok(())
+}

@@ -114,3 +114,38 @@ async fn submission_can_be_made_to_require_the_token() -> anyhow::Result<()> {
     assert_eq!(response.json::<Value>().await?["result"], 3);
     Ok(())
 }
+
+/// Issue 12, attack 11: `Authorization: bearer x` (lowercase scheme) was
+/// refused; RFC 9110 makes the scheme case-insensitive. The token itself
+/// stays case-sensitive.
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive_and_the_token_is_not() -> anyhow::Result<()> {
+    let mut system = System::start(&[("TOKEN", TOKEN)]).await?;
+    let worker = system.add_worker("w", &[]).await?.url();
+    let client = reqwest::Client::new();
+    let task = json!({"id": 1, "op": "add", "args": [1, 2]});
+    for (authorization, want) in [
+        (format!("bearer {TOKEN}"), 200),
+        (format!("BEARER {TOKEN}"), 200),
+        (format!("Bearer {}", TOKEN.to_uppercase()), 401),
+    ] {
+        let response = client
+            .post(format!("{worker}/tasks"))
+            .header("authorization", &authorization)
+            .json(&task)
+            .send()
+            .await?;
+        assert_eq!(response.status(), want, "{authorization}");
+    }
+    let response = client
+        .delete(system.url("/workers/nobody"))
+        .header("authorization", format!("bEaReR {TOKEN}"))
+        .send()
+        .await?;
+    assert_eq!(
+        response.status(),
+        404,
+        "admitted, and the worker is unknown"
+    );
+    Ok(())
+}

@@ -4,6 +4,7 @@
 //! on it cheaply and a change of shape is one edit, seen by both ends.
 
 pub mod legacy;
+pub mod limits;
 pub mod planner;
 #[cfg(feature = "random")]
 pub mod random;
@@ -43,10 +44,16 @@ pub enum Output {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OpInfo {
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, max_length = 64, pattern = r"^[a-z][a-z0-9_-]*$")
+    )]
     pub name: String,
     /// Hex sha256 of the component bytes: names exactly which code ran.
     pub digest: String,
     pub arity: u32,
+    /// At most 1024 bytes ([`limits::MAX_OP_DOC_BYTES`]).
+    #[cfg_attr(feature = "openapi", schema(max_length = 1024))]
     pub doc: String,
 }
 
@@ -54,8 +61,8 @@ pub struct OpInfo {
 /// claiming more is refused.
 pub const MAX_SLOTS: u32 = 4096;
 
-/// Longest op name.
-pub const MAX_OP_NAME: usize = 64;
+/// Longest op name (see [`limits`]).
+pub const MAX_OP_NAME: usize = limits::MAX_OP_NAME_LEN;
 
 /// Op names are short identifiers: they become file names (`<op>.wasm`) and
 /// URL segments, so nothing else is allowed.
@@ -83,4 +90,10 @@ pub fn check_op_name(name: &str) -> Result<(), String> {
     } else {
         Ok(())
     }
+}
+
+/// The content digest every side shows for a module: hex sha256 of its bytes.
+pub fn digest_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
 }

@@ -136,7 +136,8 @@ impl TaskView {
     }
 }
 
-/// `POST /workers`: a worker announcing itself and what it can run.
+/// `POST /workers`: a worker announcing itself and what it can run. Its
+/// sizes are bounded by [`crate::limits`], which also size the route's body limit.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]

@@ -67,7 +67,10 @@ impl Catalog {
         bytes: &[u8],
         source: ModuleSource,
     ) -> Result<Arc<Entry>, LoadError> {
-        let loaded = self.sandbox.load(bytes).and_then(|m| m.expect_name(name));
+        let loaded = self
+            .check_room_for(name)
+            .and_then(|()| self.sandbox.load(bytes))
+            .and_then(|m| m.expect_name(name));
         let module = match loaded {
             Ok(module) => module,
             Err(err) => {
@@ -118,6 +121,22 @@ impl Catalog {
 
     pub fn record_error(&self, name: &str, error: String) {
         self.lock_errors().insert(name.to_string(), error);
+    }
+
+    /// Forgets the last failed load of `name`: the version serving (or its
+    /// absence) is what the source now holds.
+    pub fn clear_error(&self, name: &str) {
+        self.lock_errors().remove(name);
+    }
+
+    /// A new op beyond [`wire::limits::MAX_OPS_PER_WORKER`] is refused, so
+    /// the registration always fits the planner's limit.
+    fn check_room_for(&self, name: &str) -> Result<(), LoadError> {
+        let current = self.current.load();
+        if current.len() >= wire::limits::MAX_OPS_PER_WORKER && !current.contains_key(name) {
+            return Err(LoadError::TooManyOps(wire::limits::MAX_OPS_PER_WORKER));
+        }
+        Ok(())
     }
 
     pub fn infos(&self) -> Vec<wire::OpInfo> {

@@ -62,6 +62,8 @@ pub struct Config {
     pub heartbeat_ms: u64,
     #[command(flatten)]
     pub log: serve::logging::LogArgs,
+    #[command(flatten)]
+    pub connections: serve::http::ConnectionLimits,
 }
 
 impl Config {

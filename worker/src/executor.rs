@@ -42,7 +42,7 @@ impl Run {
 }
 
 /// What `GET /` shows about a task in progress.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Running {
     pub id: TaskId,
     pub op: String,

@@ -34,7 +34,7 @@ pub async fn run(config: Config) -> Result<()> {
         concurrency: config.slots,
     })?;
     let catalog = Arc::new(Catalog::new(sandbox));
-    ops_dir::load_initial(&catalog, &ops, config.ops_dir.as_deref())?;
+    let seen = ops_dir::load_initial(&catalog, &ops, config.ops_dir.as_deref())?;
 
     let (listener, addr) = serve::listen::bind(&config.bind, config.port).await?;
     let id = config.worker_id(addr.port());
@@ -52,11 +52,18 @@ pub async fn run(config: Config) -> Result<()> {
     let drain = CancellationToken::new();
     let stop = CancellationToken::new();
     if let Some(dir) = &config.ops_dir {
-        ops_dir::watch(catalog.clone(), dir.clone(), ops.clone(), stop.clone())?;
+        ops_dir::watch(
+            catalog.clone(),
+            dir.clone(),
+            ops.clone(),
+            seen,
+            stop.clone(),
+        )?;
     }
     let registrar = Registrar {
         client: reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
+            .pool_idle_timeout(serve::http::CLIENT_POOL_IDLE)
             .build()?,
         planner: config.planner.trim_end_matches('/').to_string(),
         token: token.clone(),
@@ -86,10 +93,14 @@ pub async fn run(config: Config) -> Result<()> {
     };
     // Returns once every connection is closed, so every task in flight has
     // been answered: only then may the heartbeats stop.
-    let served = axum::serve(listener, http::app(state, token))
-        .with_graceful_shutdown(draining)
-        .await
-        .context("serving HTTP");
+    let served = serve::http::run(
+        listener,
+        http::app(state, token),
+        config.connections,
+        draining,
+    )
+    .await
+    .context("serving HTTP");
     stop.cancel();
     let _ = registration.await;
     served?;

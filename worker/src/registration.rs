@@ -240,9 +240,6 @@ impl Registrar {
     }
 
     fn authorized(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        match self.token.header_value() {
-            Some(value) => request.header(reqwest::header::AUTHORIZATION, value),
-            None => request,
-        }
+        request.headers(self.token.headers())
     }
 }

@@ -40,6 +40,11 @@ pub fn module_load(op: &str, source: ModuleSource, ok: bool, swapped: bool) {
     }
 }
 
+/// A module file read from `OPS_DIR`: only when it changed.
+pub fn module_file_read(op: &str) {
+    counter!("worker_module_file_reads_total", "op" => op.to_string()).increment(1);
+}
+
 pub fn refresh(slots: u32, busy: u32, ops: usize) {
     gauge!("worker_slots").set(f64::from(slots));
     gauge!("worker_busy_slots").set(f64::from(busy));

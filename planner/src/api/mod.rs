@@ -24,8 +24,6 @@ use crate::planner::Planner;
 /// A batch of 100,000 tasks fits; a multi-megabyte body beyond is refused.
 const MAX_SUBMISSION_BYTES: usize = 8 << 20;
 const MAX_BODY_BYTES: usize = 64 << 10;
-/// Same bound as the worker's.
-const MAX_MODULE_BYTES: usize = 8 << 20;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -95,9 +93,14 @@ fn routes(auth: AuthPolicy) -> OpenApiRouter<AppState> {
     let submit_guard = axum::middleware::from_fn_with_state(submit_token, require_token);
     let modules = OpenApiRouter::new()
         .routes(routes!(ops::put))
-        .layer(DefaultBodyLimit::max(MAX_MODULE_BYTES));
-    let worker_routes = OpenApiRouter::new()
+        .layer(DefaultBodyLimit::max(wire::limits::MAX_MODULE_BYTES));
+    // Sized from the limits a worker enforces on the modules it loads, so
+    // any worker within them can register.
+    let registration = OpenApiRouter::new()
         .routes(routes!(workers::register))
+        .layer(DefaultBodyLimit::max(wire::limits::MAX_REGISTRATION_BYTES));
+    let worker_routes = OpenApiRouter::new()
+        .merge(registration)
         .routes(routes!(workers::deregister))
         .routes(routes!(workers::heartbeat))
         .routes(routes!(legacy::register))

@@ -46,6 +46,25 @@ fn validate(registration: &Registration, listening: SocketAddr) -> Result<(), Ap
             bad.name
         )));
     }
+    if registration.ops.len() > wire::limits::MAX_OPS_PER_WORKER {
+        return Err(ApiError::bad_request(format!(
+            "{} ops; a worker offers at most {}",
+            registration.ops.len(),
+            wire::limits::MAX_OPS_PER_WORKER
+        )));
+    }
+    if let Some(long) = registration
+        .ops
+        .iter()
+        .find(|op| op.doc.len() > wire::limits::MAX_OP_DOC_BYTES)
+    {
+        return Err(ApiError::bad_request(format!(
+            "the doc of op `{}` is {} bytes; at most {}",
+            long.name,
+            long.doc.len(),
+            wire::limits::MAX_OP_DOC_BYTES
+        )));
+    }
     Ok(())
 }
 

@@ -33,19 +33,17 @@ impl Pusher {
             // A module push never follows a redirect (back into the planner,
             // or anywhere else the worker's answer points).
             .redirect(reqwest::redirect::Policy::none())
+            .pool_idle_timeout(serve::http::CLIENT_POOL_IDLE)
             .build()?;
         Ok(Self { client, token })
     }
 
     pub async fn push(&self, url: &str, module: &Module) -> Result<LoadedOp, PushError> {
-        let mut request = self
+        let response = self
             .client
             .put(format!("{url}/ops/{}", module.name))
-            .body(module.bytes.clone());
-        if let Some(value) = self.token.header_value() {
-            request = request.header(reqwest::header::AUTHORIZATION, value);
-        }
-        let response = request
+            .headers(self.token.headers())
+            .body(module.bytes.clone())
             .send()
             .await
             .map_err(|e| PushError::Failed(e.to_string()))?;

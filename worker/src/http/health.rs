@@ -5,6 +5,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 
+#[utoipa::path(get, path = "/healthz", tag = "observe", responses((status = 200, description = "The process is alive", body = Object)))]
 pub async fn live() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
@@ -12,6 +13,13 @@ pub async fn live() -> Json<Value> {
 /// Ready means able to take tasks: registered with a planner that answers,
 /// and not draining. Kubernetes then counts the pod as capacity only when it
 /// really is.
+#[utoipa::path(
+    get, path = "/readyz", tag = "observe",
+    responses(
+        (status = 200, description = "Ready: registered, the ops it offers", body = Object),
+        (status = 503, description = "Not registered with an answering planner, or draining", body = Object),
+    )
+)]
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     if state.executor.is_draining() {
         (
@@ -32,6 +40,7 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
 }
 
 /// Prometheus text; the gauges are brought up to date first.
+#[utoipa::path(get, path = "/metrics", tag = "observe", responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
     let executor = &state.executor;
     crate::telemetry::refresh(

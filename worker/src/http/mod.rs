@@ -1,5 +1,6 @@
-//! The worker's HTTP API. `app(state)` builds the router so tests and the
-//! binary share it.
+//! The worker's HTTP API. `app(state)` builds the router; each route's
+//! OpenAPI description sits on its handler and is served at `/openapi.json`,
+//! generated from the same route list (`utoipa-axum`).
 
 mod health;
 mod legacy;
@@ -8,16 +9,16 @@ mod tasks;
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post, put};
+use axum::routing::get;
+use axum::{Json, Router};
 use serve::auth::{Token, require_token};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::executor::Executor;
 
-/// Components are at most this big (a ConfigMap holds 1 MiB; leave room).
-pub const MAX_MODULE_BYTES: usize = 8 << 20;
-/// Any other body.
+/// Any body but a module's.
 const MAX_BODY_BYTES: usize = 64 << 10;
 
 #[derive(Clone)]
@@ -28,25 +29,56 @@ pub struct AppState {
 }
 
 pub fn app(state: AppState, token: Token) -> Router {
-    let protected = Router::new()
-        .route("/tasks", post(tasks::run))
-        .route("/add", post(legacy::add))
-        .route("/mult", post(legacy::mult))
+    let (router, api) = routes(token).split_for_parts();
+    let api = Arc::new(api);
+    router
         .route(
-            "/ops/{name}",
-            put(ops::upload)
-                .delete(ops::remove)
-                .layer(DefaultBodyLimit::max(MAX_MODULE_BYTES)),
+            "/openapi.json",
+            get(move || async move { Json(api.as_ref().clone()) }),
         )
-        .route_layer(axum::middleware::from_fn_with_state(token, require_token));
-    Router::new()
-        .route("/", get(legacy::status))
-        .route("/ops", get(ops::list))
-        .route("/healthz", get(health::live))
-        .route("/readyz", get(health::ready))
-        .route("/metrics", get(health::metrics))
-        .merge(protected)
         .fallback(serve::error::fallback)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "workers worker",
+        description = "Runs WebAssembly operation modules for the planner."
+    ),
+    modifiers(&BearerAuth),
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = api.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+fn routes(token: Token) -> OpenApiRouter<AppState> {
+    let modules = OpenApiRouter::new()
+        .routes(routes!(ops::upload, ops::remove))
+        .layer(DefaultBodyLimit::max(wire::limits::MAX_MODULE_BYTES));
+    let protected = OpenApiRouter::new()
+        .routes(routes!(tasks::run))
+        .routes(routes!(legacy::add))
+        .routes(routes!(legacy::mult))
+        .merge(modules)
+        .route_layer(axum::middleware::from_fn_with_state(token, require_token));
+    OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
+        .routes(routes!(legacy::status))
+        .routes(routes!(ops::list))
+        .routes(routes!(health::live))
+        .routes(routes!(health::ready))
+        .routes(routes!(health::metrics))
+        .merge(protected)
 }

@@ -12,6 +12,23 @@ use crate::executor::Refusal;
 
 /// 200 with the result; 422 with the same body when the op (or the sandbox)
 /// failed the task, so a caller can't take an error for a value.
+#[utoipa::path(
+    post, path = "/tasks", tag = "tasks",
+    request_body = wire::worker::TaskRequest,
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "The op's result", body = wire::worker::TaskOutcome),
+        (status = 422, description = "The op (or the sandbox: deadline, memory cap, trap) failed the task", body = wire::worker::TaskOutcome),
+        (status = 400, description = "Malformed body", body = wire::ErrorBody),
+        (status = 401, description = "Missing or wrong token (when TOKEN is set)", body = wire::ErrorBody),
+        (status = 404, description = "This worker does not offer the op", body = wire::ErrorBody),
+        (status = 408, description = "The body did not arrive within BODY_TIMEOUT_MS", body = wire::ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = wire::ErrorBody),
+        (status = 415, description = "Unsupported content type", body = wire::ErrorBody),
+        (status = 429, description = "All slots are busy", body = wire::ErrorBody),
+        (status = 503, description = "Shutting down", body = wire::ErrorBody),
+    )
+)]
 pub async fn run(
     State(state): State<AppState>,
     JsonBody(task): JsonBody<TaskRequest>,
@@ -30,7 +47,7 @@ pub async fn run(
         output: run.wire_output(),
         op: run.op,
         digest: run.digest,
-        duration_ms: run.elapsed.as_secs_f64() * 1000.0,
+        duration_ms: wire::worker::millis(run.elapsed),
         worker: state.id.to_string(),
     };
     Ok((status, Json(outcome)).into_response())

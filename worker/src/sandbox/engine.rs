@@ -89,7 +89,7 @@ impl Sandbox {
         }
     }
 
-    fn classify(&self, err: wasmtime::Error) -> CallError {
+    pub(super) fn classify(&self, err: wasmtime::Error) -> CallError {
         if let Some(cap) = err.downcast_ref::<MemoryCapHit>() {
             return CallError::Memory {
                 desired: cap.desired,

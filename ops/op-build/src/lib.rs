@@ -3,7 +3,8 @@
 //! A guest is compiled for `wasm32-unknown-unknown` (so it imports nothing,
 //! unlike `wasm32-wasip2` whose std pulls in WASI), then wrapped into a
 //! component with `wit-component`. The worker's build script uses this to
-//! embed `add` and `mul`; users run the `op-build` binary for their own ops.
+//! embed `add` and `mul`; users run the `op-build` binary for their own ops,
+//! which may live in any directory, inside this workspace or not.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,8 +12,33 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 pub const WASM_TARGET: &str = "wasm32-unknown-unknown";
-/// The cargo profile guests are built with (see the workspace `Cargo.toml`).
+/// The cargo profile guests are built with. It is defined here and passed on
+/// cargo's command line, so a guest crate outside this workspace (which has
+/// no such profile in its manifest) builds exactly like ours.
 pub const PROFILE: &str = "ops";
+/// Guests are tiny; optimise them for size so embedding and uploading stays
+/// cheap, and build them reproducibly.
+const PROFILE_SETTINGS: [&str; 7] = [
+    r#"inherits="release""#,
+    r#"opt-level="s""#,
+    "debug=false",
+    "strip=true",
+    "lto=true",
+    "codegen-units=1",
+    r#"panic="abort""#,
+];
+
+/// The cargo target dir for guests built from a build script: a `wasm-ops`
+/// folder in the outer build's target dir (`CARGO_TARGET_DIR`, else
+/// `<workspace>/target`), apart from it so the nested cargo never waits on
+/// the outer one's lock.
+pub fn build_script_target_dir(workspace_root: &Path) -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => workspace_root.join("target"),
+    }
+    .join("wasm-ops")
+}
 
 /// One guest crate to build.
 #[derive(Debug, Clone)]
@@ -109,6 +135,10 @@ fn compile(guest: &Guest, target_dir: &Path) -> Result<()> {
         .arg(PROFILE)
         .arg("--target-dir")
         .arg(target_dir);
+    for setting in PROFILE_SETTINGS {
+        cmd.arg("--config")
+            .arg(format!("profile.{PROFILE}.{setting}"));
+    }
     // A build script inherits the outer build's flags, meant for the host.
     for var in [
         "CARGO_ENCODED_RUSTFLAGS",

@@ -1,6 +1,6 @@
 //! `op-build`: builds operation guest crates into components.
 //!
-//!     cargo run -p op-builder -- ops/pow
+//!     cargo run -p op-build -- ops/pow
 //!
 //! writes `target/ops/pow.wasm`, ready for `OPS_DIR` or `PUT /ops/pow`.
 
@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Parser;
-use op_builder::Guest;
+use op_build::Guest;
 
 #[derive(Parser)]
 #[command(about = "Build operation guest crates into WebAssembly components")]
@@ -37,7 +37,7 @@ fn run(args: Args) -> Result<()> {
         .iter()
         .map(|dir| Guest::conventional(dir))
         .collect::<Result<Vec<_>>>()?;
-    for out in op_builder::build(&guests, &args.target_dir, &args.out)? {
+    for out in op_build::build(&guests, &args.target_dir, &args.out)? {
         println!("{}", out.display());
     }
     Ok(())
