@@ -161,7 +161,7 @@ async fn a_worker_answers_405_414_and_431_in_json() -> Result<()> {
     let cases = [
         (client.delete(format!("{url}/healthz")), 405),
         (
-            client.get(format!("{url}/healthz?{}", "q".repeat(9000))),
+            client.get(format!("{url}/healthz?{}", "q".repeat(62_000))),
             414,
         ),
         (
