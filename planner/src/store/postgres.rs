@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use sha2::{Digest, Sha256};
+
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::Row;
 use wire::planner::TaskStatus;
@@ -193,7 +193,7 @@ async fn migrate(client: &mut deadpool_postgres::Client) -> Result<(), PgError> 
         .map(|row| (row.get(0), row.get(1)))
         .collect();
     for &(version, name, sql) in MIGRATIONS {
-        let checksum = hex::encode(Sha256::digest(sql.as_bytes()));
+        let checksum = wire::digest_hex(sql.as_bytes());
         match applied.get(&version) {
             Some(seen) if *seen == checksum => continue,
             Some(_) => {
