@@ -96,8 +96,25 @@ pub struct ServeConfig {
     /// the exercise.
     #[arg(long, env = "TASKS", default_value_t = 0)]
     pub tasks: usize,
+    /// How long finished tasks are kept (in the store and in memory), e.g.
+    /// `24h`, `30m`, `7days`; `0` keeps them until RESULT_LIMIT deletes them.
+    #[arg(long, env = "RESULT_TTL", default_value = "24h", value_parser = parse_ttl)]
+    pub result_ttl: std::time::Duration,
+    /// Most finished tasks kept in the store: past it the oldest are deleted
+    /// whatever their age; `0` for no count cap (SQLite store; the
+    /// PostgreSQL store deletes by age only).
+    #[arg(long, env = "RESULT_LIMIT", default_value_t = 10_000_000)]
+    pub result_limit: u64,
     #[command(flatten)]
     pub connections: serve::http::ConnectionLimits,
+}
+
+fn parse_ttl(text: &str) -> Result<std::time::Duration, String> {
+    if text.trim() == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{e} (a duration such as 24h, 90m or 30s)"))
 }
 
 impl ServeConfig {
@@ -134,6 +151,8 @@ impl std::fmt::Debug for ServeConfig {
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("queue_limit", &self.queue_limit)
             .field("max_attempts", &self.max_attempts)
+            .field("result_ttl", &self.result_ttl)
+            .field("result_limit", &self.result_limit)
             .finish_non_exhaustive()
     }
 }

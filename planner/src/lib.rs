@@ -13,6 +13,7 @@ pub mod events;
 pub mod latency;
 pub mod modules;
 pub mod planner;
+pub mod retention;
 mod starting;
 pub mod store;
 pub mod task;
@@ -80,6 +81,13 @@ pub async fn serve(
         .local_addr()
         .context("reading the listening address")?;
     let reaper = tokio::spawn(planner.clone().reap_forever());
+    let retention = tokio::spawn(retention::run(
+        planner.clone(),
+        retention::Policy {
+            ttl: config.result_ttl,
+            keep_at_most: (config.result_limit > 0).then_some(config.result_limit),
+        },
+    ));
     let state = api::AppState {
         planner: planner.clone(),
         metrics,
@@ -112,6 +120,7 @@ pub async fn serve(
         ),
     }
     reaper.abort();
+    retention.abort();
     planner.store().flush().await;
     tracing::info!("stopped");
     Ok(())

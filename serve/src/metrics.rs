@@ -16,6 +16,9 @@ const BUCKETS: [f64; 18] = [
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// How often recorded histogram samples are folded into their buckets.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Installs the process-wide recorder (once) and returns the handle that renders it.
 pub fn install() -> PrometheusHandle {
     HANDLE
@@ -23,14 +26,35 @@ pub fn install() -> PrometheusHandle {
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &BUCKETS)
                 .expect("the bucket list is not empty");
-            match builder.install_recorder() {
+            let handle = match builder.install_recorder() {
                 Ok(handle) => handle,
                 // Another recorder is already global (e.g. a test harness):
                 // render ours anyway, it just won't see the facade's calls.
                 Err(_) => PrometheusBuilder::new().build_recorder().handle(),
-            }
+            };
+            spawn_upkeep(handle.clone());
+            handle
         })
         .clone()
+}
+
+/// A histogram keeps every sample it is given until upkeep folds them into
+/// its buckets; `install_recorder` leaves that to us, and rendering
+/// (`GET /metrics`) alone only does it when someone scrapes. Unscraped, a
+/// planner grew by every task's latency, duration and dispatch-gap samples
+/// forever (issue 15: ~60 bytes per task).
+fn spawn_upkeep(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                handle.run_upkeep();
+            }
+        });
+    if let Err(err) = spawned {
+        tracing::error!(error = %err, "could not start the metrics upkeep thread");
+    }
 }
 
 /// Renders the current metrics as Prometheus text.

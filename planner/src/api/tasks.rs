@@ -147,7 +147,9 @@ pub async fn get(
 ) -> Result<Json<TaskView>, ApiError> {
     match state.planner.view(id).await.map_err(ApiError::internal)? {
         Some(view) => Ok(Json(view)),
-        None => Err(ApiError::not_found(format!("no task {id}"))),
+        None => Err(ApiError::not_found(format!(
+            "no task {id}: it expired (finished tasks are kept for RESULT_TTL) or never existed"
+        ))),
     }
 }
 

@@ -53,3 +53,54 @@ impl Board {
         Ok(self.finish(id, TaskStatus::Cancelled, None, None))
     }
 }
+
+impl Board {
+    /// Forgets finished tasks that finished before `before_ms` (retention:
+    /// the store deletes them too); returns how many.
+    pub fn forget_finished_before(&mut self, before_ms: u64) -> usize {
+        let mut forgotten = 0;
+        while let Some(&id) = self.finished_order.front() {
+            // Finishes are appended in time order, so the oldest is in front.
+            let expired = self
+                .tasks
+                .get(&id)
+                .is_none_or(|t| t.finished_at_ms.is_none_or(|at| at < before_ms));
+            if !expired {
+                break;
+            }
+            self.finished_order.pop_front();
+            self.tasks.remove(&id);
+            forgotten += 1;
+        }
+        forgotten
+    }
+
+    /// Gives back memory a burst left behind: the task map and the queues
+    /// keep their largest capacity otherwise, and an op's queue stays in the
+    /// map after its last task left (op names come from clients).
+    pub fn compact(&mut self) {
+        shrink_map(&mut self.tasks);
+        shrink_deque(&mut self.finished_order);
+        self.queues.retain(|_, queue| !queue.is_empty());
+        for queue in self.queues.values_mut() {
+            shrink_deque(queue);
+        }
+    }
+}
+
+/// Collections are shrunk only when mostly empty, to twice what they hold,
+/// so steady traffic never pays for shrinking and growing back.
+const SHRINK_BELOW: usize = 8;
+const MIN_CAPACITY: usize = 1024;
+
+fn shrink_map<K: std::hash::Hash + Eq, V>(map: &mut std::collections::HashMap<K, V>) {
+    if map.capacity() > MIN_CAPACITY && map.capacity() > map.len() * SHRINK_BELOW {
+        map.shrink_to((map.len() * 2).max(MIN_CAPACITY));
+    }
+}
+
+fn shrink_deque<T>(deque: &mut std::collections::VecDeque<T>) {
+    if deque.capacity() > MIN_CAPACITY && deque.capacity() > deque.len() * SHRINK_BELOW {
+        deque.shrink_to((deque.len() * 2).max(MIN_CAPACITY));
+    }
+}

@@ -191,6 +191,15 @@ impl Planner {
         }));
     }
 
+    /// Retention: forgets finished tasks that finished before `before_ms`,
+    /// and gives back memory a burst left behind.
+    pub fn forget_finished_before(&self, before_ms: u64) -> usize {
+        let mut board = self.board();
+        let forgotten = board.forget_finished_before(before_ms);
+        board.compact();
+        forgotten
+    }
+
     pub fn events(&self) -> &Events {
         &self.events
     }

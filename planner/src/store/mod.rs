@@ -8,6 +8,7 @@
 //! results are written behind (a result lost in a crash just means the task
 //! runs again, and is still recorded once).
 
+pub mod pg_retention;
 pub mod postgres;
 mod sqlite;
 
@@ -43,12 +44,65 @@ pub enum StoreError {
     Locked { dir: PathBuf, holder: String },
     #[error("database error: {0}")]
     Postgres(#[from] postgres::PgError),
+    #[error(
+        "the planner's disk is full: no new tasks are accepted until space is freed (every task already accepted is kept)"
+    )]
+    DiskFull,
+    #[error("database error: {0}")]
+    Commit(String),
 }
 
+/// Why a commit failed, as the writer reports it to those waiting on it.
+#[derive(Debug, Clone)]
+enum CommitError {
+    DiskFull,
+    Other(String),
+}
+
+impl From<CommitError> for StoreError {
+    fn from(err: CommitError) -> Self {
+        match err {
+            CommitError::DiskFull => StoreError::DiskFull,
+            CommitError::Other(message) => StoreError::Commit(message),
+        }
+    }
+}
+
+impl From<rusqlite::Error> for CommitError {
+    fn from(err: rusqlite::Error) -> Self {
+        match err.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DiskFull) => CommitError::DiskFull,
+            _ => CommitError::Other(err.to_string()),
+        }
+    }
+}
+
+/// Which finished tasks one retention step deletes.
+#[derive(Debug, Clone, Copy)]
+pub struct Expiry {
+    /// Those that finished before this time (unix ms).
+    pub finished_before_ms: Option<u64>,
+    /// Then the oldest beyond this many finished tasks.
+    pub keep_at_most: Option<u64>,
+    /// Most rows deleted in this step (one short transaction).
+    pub chunk: usize,
+}
+
+/// What the PostgreSQL store's writer takes.
 enum Write {
     Insert(Vec<Task>, oneshot::Sender<Result<(), String>>),
     Finished(Task),
     Attempts(TaskId, u32),
+    Flush(oneshot::Sender<()>),
+}
+
+/// What the SQLite store's writer takes: the same, plus retention's
+/// deletes, with typed errors (a full disk is told apart).
+enum SqliteWrite {
+    Insert(Vec<Task>, oneshot::Sender<Result<(), CommitError>>),
+    Finished(Task),
+    Attempts(TaskId, u32),
+    Expire(Expiry, oneshot::Sender<Result<u64, CommitError>>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -77,7 +131,7 @@ pub fn first_id() -> TaskId {
 pub struct Store {
     /// Held (locked) for as long as the store is open.
     _lock: Option<std::fs::File>,
-    writer: Option<mpsc::Sender<Write>>,
+    writer: Option<mpsc::Sender<SqliteWrite>>,
     reader: Option<Mutex<rusqlite::Connection>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// The next id to hand out (SQLite and memory stores; PostgreSQL takes
@@ -138,6 +192,7 @@ impl Store {
         let lock = lock_dir(dir)?;
         let path = dir.join("planner.sqlite3");
         let conn = sqlite::open(&path)?;
+        sqlite::enable_incremental_vacuum(&conn);
         let recovered = sqlite::recover(&conn, recent_finished)?;
         let reader = sqlite::open(&path)?;
         let (tx, rx) = mpsc::channel();
@@ -169,15 +224,50 @@ impl Store {
         };
         let (ack, done) = oneshot::channel();
         writer
-            .send(Write::Insert(tasks, ack))
+            .send(SqliteWrite::Insert(tasks, ack))
             .map_err(|_| StoreError::Stopped)?;
         match done.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(message)) => Err(StoreError::Db(rusqlite::Error::ToSqlConversionFailure(
-                message.into(),
-            ))),
+            Ok(result) => Ok(result?),
             Err(_) => Err(StoreError::Stopped),
         }
+    }
+
+    /// Deletes one chunk of expired finished tasks; returns how many. Goes
+    /// through the writer (SQLite has one writer at a time), as one short
+    /// transaction grouped with whatever else is waiting, so submissions and
+    /// results never wait behind a long delete.
+    pub async fn expire(&self, expiry: Expiry) -> Result<u64, StoreError> {
+        if let Some(pg) = &self.postgres {
+            let Some(before) = expiry.finished_before_ms else {
+                return Ok(0);
+            };
+            return Ok(pg_retention::expire(pg.pool(), before, expiry.chunk).await?);
+        }
+        let Some(writer) = &self.writer else {
+            return Ok(0);
+        };
+        let (ack, done) = oneshot::channel();
+        writer
+            .send(SqliteWrite::Expire(expiry, ack))
+            .map_err(|_| StoreError::Stopped)?;
+        match done.await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(StoreError::Stopped),
+        }
+    }
+
+    /// What retention needs before its first pass (PostgreSQL: its index).
+    pub async fn prepare_retention(&self) -> Result<(), StoreError> {
+        if let Some(pg) = &self.postgres {
+            pg_retention::prepare(pg.pool()).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether this store can delete by count (the PostgreSQL store deletes
+    /// by age only: counting a large table is not cheap there).
+    pub fn supports_count_cap(&self) -> bool {
+        self.postgres.is_none()
     }
 
     /// Records a final state, written behind.
@@ -185,7 +275,7 @@ impl Store {
         if let Some(pg) = &self.postgres {
             pg.finished(task);
         } else if let Some(writer) = &self.writer {
-            let _ = writer.send(Write::Finished(task));
+            let _ = writer.send(SqliteWrite::Finished(task));
         }
     }
 
@@ -193,7 +283,7 @@ impl Store {
         if let Some(pg) = &self.postgres {
             pg.attempts(id, attempts);
         } else if let Some(writer) = &self.writer {
-            let _ = writer.send(Write::Attempts(id, attempts));
+            let _ = writer.send(SqliteWrite::Attempts(id, attempts));
         }
     }
 
@@ -215,7 +305,7 @@ impl Store {
             pg.flush().await;
         } else if let Some(writer) = &self.writer {
             let (tx, rx) = oneshot::channel();
-            if writer.send(Write::Flush(tx)).is_ok() {
+            if writer.send(SqliteWrite::Flush(tx)).is_ok() {
                 let _ = rx.await;
             }
         }
@@ -264,28 +354,78 @@ impl Drop for Store {
 /// Most writes in one transaction.
 const MAX_BATCH: usize = 8192;
 
-fn write_loop(mut conn: rusqlite::Connection, rx: mpsc::Receiver<Write>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
+/// After a failed commit, how long the writer waits before trying the
+/// results it still holds again (when nothing new arrives meanwhile).
+const RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
+
+fn write_loop(mut conn: rusqlite::Connection, rx: mpsc::Receiver<SqliteWrite>) {
+    let mut retained = sqlite::Retained::default();
+    // Results and attempt counts of a failed commit (a full disk): kept and
+    // written with a later batch, so none is lost while the disk is full.
+    let mut held: Vec<SqliteWrite> = Vec::new();
+    loop {
+        let first = if held.is_empty() {
+            match rx.recv() {
+                Ok(write) => Some(write),
+                Err(_) => return,
+            }
+        } else {
+            match rx.recv_timeout(RETRY_AFTER) {
+                Ok(write) => Some(write),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    // Stopping: one last try, then give up on them (they
+                    // run again after a restart, recorded once).
+                    let _ = sqlite::apply(&mut conn, &held, &mut retained);
+                    return;
+                }
+            }
+        };
+        let mut batch = std::mem::take(&mut held);
+        batch.extend(first);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(write) => batch.push(write),
                 Err(_) => break,
             }
         }
-        let result = sqlite::apply(&mut conn, &batch).map_err(|e| e.to_string());
+        let result = sqlite::apply(&mut conn, &batch, &mut retained).map_err(CommitError::from);
         if let Err(err) = &result {
-            tracing::error!(error = %err, writes = batch.len(), "store commit failed");
+            retained.forget();
+            match err {
+                CommitError::DiskFull => {
+                    tracing::error!(
+                        writes = batch.len(),
+                        "store commit failed: the disk is full"
+                    )
+                }
+                CommitError::Other(err) => {
+                    tracing::error!(error = %err, writes = batch.len(), "store commit failed")
+                }
+            }
         }
+        let mut expired = result.as_ref().map(|e| e.iter()).ok();
         for write in batch {
             match write {
-                Write::Insert(_, ack) => {
-                    let _ = ack.send(result.clone());
+                SqliteWrite::Insert(_, ack) => {
+                    let _ = ack.send(result.as_ref().map(|_| ()).map_err(Clone::clone));
                 }
-                Write::Flush(ack) => {
+                SqliteWrite::Expire(_, ack) => {
+                    let answer = match (&result, expired.as_mut()) {
+                        (Err(err), _) => Err(err.clone()),
+                        (Ok(_), Some(deleted)) => Ok(deleted.next().copied().unwrap_or(0)),
+                        (Ok(_), None) => Ok(0),
+                    };
+                    let _ = ack.send(answer);
+                }
+                SqliteWrite::Flush(ack) => {
                     let _ = ack.send(());
                 }
-                Write::Finished(_) | Write::Attempts(..) => {}
+                write @ (SqliteWrite::Finished(_) | SqliteWrite::Attempts(..)) => {
+                    if result.is_err() {
+                        held.push(write);
+                    }
+                }
             }
         }
     }

@@ -276,6 +276,10 @@ async fn recover(
 }
 
 impl PgStore {
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
     pub async fn new_ids(&self, n: usize) -> Result<Vec<TaskId>, PgError> {
         let client = self.pool.get().await?;
         let rows = client

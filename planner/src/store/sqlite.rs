@@ -6,15 +6,27 @@ use rusqlite::{Connection, OptionalExtension, params};
 use wire::Output;
 use wire::planner::TaskStatus;
 
-use super::{Recovered, Write};
+use super::{Recovered, SqliteWrite as Write};
 use crate::task::Task;
+
+/// The WAL is truncated back to this after a checkpoint, so a burst does
+/// not leave a large file behind.
+const WAL_SIZE_LIMIT: i64 = 64 << 20;
+
+/// Freed pages returned to the file system per expiry pass, at most (4 MiB
+/// of 4 KiB pages): small steps, so the writer is never held for long.
+const VACUUM_PAGES: i64 = 1024;
 
 pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
+    // Takes effect on a new database only (before its first table); an
+    // older one is switched once by `enable_incremental_vacuum`.
+    conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
     // WAL: readers don't block the writer. synchronous=FULL: a commit is on
     // disk when it returns, which is what acknowledging a task promises.
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS tasks (
@@ -32,6 +44,9 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
             finished_at_ms INTEGER
         );
         CREATE INDEX IF NOT EXISTS tasks_unfinished ON tasks(status) WHERE status IN ('queued', 'running');
+        -- Retention deletes the oldest finished tasks first.
+        CREATE INDEX IF NOT EXISTS tasks_expiry ON tasks(finished_at_ms)
+            WHERE status IN ('done', 'failed', 'cancelled');
         CREATE TABLE IF NOT EXISTS counters (
             name TEXT PRIMARY KEY,
             value INTEGER NOT NULL
@@ -40,7 +55,67 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-pub fn apply(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<()> {
+/// A database created before retention has `auto_vacuum=NONE`: deleted rows'
+/// pages are reused, but the file never shrinks. Switching needs one full
+/// VACUUM (a rewrite of the file, needing as much free space again); if that
+/// fails (a full disk), the planner runs on without shrinking and tries
+/// again at its next start.
+pub fn enable_incremental_vacuum(conn: &Connection) {
+    const INCREMENTAL: i64 = 2;
+    let mode: i64 = conn
+        .pragma_query_value(None, "auto_vacuum", |row| row.get(0))
+        .unwrap_or(INCREMENTAL);
+    if mode == INCREMENTAL {
+        return;
+    }
+    let started = std::time::Instant::now();
+    tracing::info!("switching the task database to incremental vacuum (a one-time VACUUM)");
+    match conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL; VACUUM;") {
+        Ok(()) => tracing::info!(
+            ms = started.elapsed().as_millis() as u64,
+            "task database switched to incremental vacuum"
+        ),
+        Err(err) => tracing::warn!(
+            error = %err,
+            "could not VACUUM the task database; expired tasks' space is reused but the file will not shrink"
+        ),
+    }
+}
+
+/// The writer's count of finished rows, for the count cap; `None` until
+/// counted (and after a failed commit, whose changes it may have counted).
+#[derive(Default)]
+pub struct Retained {
+    finished_rows: Option<u64>,
+}
+
+impl Retained {
+    fn count(&mut self, tx: &Connection) -> rusqlite::Result<u64> {
+        if let Some(n) = self.finished_rows {
+            return Ok(n);
+        }
+        let n: i64 = tx.query_row(
+            "SELECT count(*) FROM tasks INDEXED BY tasks_expiry WHERE status IN ('done', 'failed', 'cancelled')",
+            [],
+            |row| row.get(0),
+        )?;
+        self.finished_rows = Some(n as u64);
+        Ok(n as u64)
+    }
+
+    pub fn forget(&mut self) {
+        self.finished_rows = None;
+    }
+}
+
+/// Applies a batch in one transaction; returns the rows each `Expire` of the
+/// batch deleted, in order.
+pub fn apply(
+    conn: &mut Connection,
+    batch: &[Write],
+    retained: &mut Retained,
+) -> rusqlite::Result<Vec<u64>> {
+    let mut expired = Vec::new();
     let tx = conn.transaction()?;
     {
         let mut insert = tx.prepare_cached(
@@ -77,7 +152,7 @@ pub fn apply(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<()> {
                         Some(Output::Error(e)) => (None, Some(e.as_str())),
                         None => (None, None),
                     };
-                    finish.execute(params![
+                    let changed = finish.execute(params![
                         t.id as i64,
                         t.status.as_str(),
                         result,
@@ -88,15 +163,75 @@ pub fn apply(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<()> {
                         t.started_at_ms.map(|v| v as i64),
                         t.finished_at_ms.map(|v| v as i64),
                     ])?;
+                    if let Some(n) = &mut retained.finished_rows {
+                        *n += changed as u64;
+                    }
                 }
                 Write::Attempts(id, n) => {
                     attempts.execute(params![*id as i64, n])?;
+                }
+                Write::Expire(expiry, _) => {
+                    expired.push(expire(&tx, expiry, retained)?);
                 }
                 Write::Flush(_) => {}
             }
         }
     }
-    tx.commit()
+    tx.commit()?;
+    Ok(expired)
+}
+
+/// Deletes up to `expiry.chunk` finished tasks: those finished before the
+/// cutoff, then the oldest beyond the count cap; then returns some freed
+/// pages to the file system when many are free.
+fn expire(
+    tx: &Connection,
+    expiry: &super::Expiry,
+    retained: &mut Retained,
+) -> rusqlite::Result<u64> {
+    let mut by_age = tx.prepare_cached(
+        "DELETE FROM tasks WHERE id IN (
+            SELECT id FROM tasks INDEXED BY tasks_expiry
+            WHERE status IN ('done', 'failed', 'cancelled') AND finished_at_ms < ?1
+            ORDER BY finished_at_ms LIMIT ?2)",
+    )?;
+    let mut oldest = tx.prepare_cached(
+        "DELETE FROM tasks WHERE id IN (
+            SELECT id FROM tasks INDEXED BY tasks_expiry
+            WHERE status IN ('done', 'failed', 'cancelled')
+            ORDER BY finished_at_ms LIMIT ?1)",
+    )?;
+    let chunk = expiry.chunk as u64;
+    let mut deleted = match expiry.finished_before_ms {
+        Some(cutoff) => by_age.execute(params![cutoff as i64, chunk as i64])? as u64,
+        None => 0,
+    };
+    if let Some(n) = &mut retained.finished_rows {
+        *n = n.saturating_sub(deleted);
+    }
+    if let Some(keep) = expiry.keep_at_most {
+        let excess = retained.count(tx)?.saturating_sub(keep);
+        let now = excess.min(chunk.saturating_sub(deleted));
+        if now > 0 {
+            let gone = oldest.execute([now as i64])? as u64;
+            deleted += gone;
+            if let Some(n) = &mut retained.finished_rows {
+                *n = n.saturating_sub(gone);
+            }
+        }
+    }
+    // Under steady load freed pages are reused by new tasks; only a large
+    // share of free pages (after a burst) is worth giving back.
+    let free: i64 = tx.pragma_query_value(None, "freelist_count", |row| row.get(0))?;
+    let total: i64 = tx.pragma_query_value(None, "page_count", |row| row.get(0))?;
+    if free > 64 && free * 4 > total {
+        // The pragma frees one page per step: step it to the end.
+        let mut vacuum =
+            tx.prepare_cached(&format!("PRAGMA incremental_vacuum({VACUUM_PAGES})"))?;
+        let mut steps = vacuum.query([])?;
+        while steps.next()?.is_some() {}
+    }
+    Ok(deleted)
 }
 
 const COLUMNS: &str = "id, op, args, status, result, error, worker, digest, attempts, submitted_at_ms, started_at_ms, finished_at_ms";
@@ -190,4 +325,120 @@ fn row_to_task(row: &rusqlite::Row<'_>) -> rusqlite::Result<Task> {
         finished_at_ms: row.get::<_, Option<i64>>(11)?.map(|v| v as u64),
         dispatch: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Expiry;
+
+    /// `n` finished tasks, finished at 1000, 1001, ... ms.
+    fn finished_tasks(conn: &Connection, n: u64) {
+        let tx = conn.unchecked_transaction().expect("transaction");
+        for id in 1..=n {
+            tx.execute(
+                "INSERT INTO tasks (id, op, args, status, result, attempts, submitted_at_ms, finished_at_ms)
+                 VALUES (?1, 'add', '[1,2]', 'done', 3, 1, 0, ?2)",
+                params![id as i64, 1000 + id as i64],
+            )
+            .expect("insert");
+        }
+        tx.commit().expect("commit");
+    }
+
+    fn ids(conn: &Connection) -> Vec<i64> {
+        let mut query = conn
+            .prepare("SELECT id FROM tasks ORDER BY id")
+            .expect("prepare");
+        query
+            .query_map([], |row| row.get(0))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows")
+    }
+
+    fn expire_once(conn: &mut Connection, retained: &mut Retained, expiry: Expiry) -> u64 {
+        let (ack, _) = tokio::sync::oneshot::channel();
+        let deleted = apply(conn, &[Write::Expire(expiry, ack)], retained).expect("apply");
+        deleted[0]
+    }
+
+    #[test]
+    fn expiry_deletes_by_age_then_by_count_in_chunks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut conn = open(&dir.path().join("t.sqlite3")).expect("open");
+        finished_tasks(&conn, 100);
+        conn.execute(
+            "INSERT INTO tasks (id, op, args, status, attempts, submitted_at_ms) VALUES (101, 'add', '[1,2]', 'queued', 0, 0)",
+            [],
+        )
+        .expect("a queued task");
+        let mut retained = Retained::default();
+        let by_age = Expiry {
+            // Finished before 1031: tasks 1..=30.
+            finished_before_ms: Some(1031),
+            keep_at_most: None,
+            chunk: 20,
+        };
+        assert_eq!(expire_once(&mut conn, &mut retained, by_age), 20);
+        assert_eq!(expire_once(&mut conn, &mut retained, by_age), 10);
+        assert_eq!(expire_once(&mut conn, &mut retained, by_age), 0);
+        assert_eq!(ids(&conn).first(), Some(&31));
+        let by_count = Expiry {
+            finished_before_ms: None,
+            keep_at_most: Some(50),
+            chunk: 1000,
+        };
+        assert_eq!(expire_once(&mut conn, &mut retained, by_count), 20);
+        let left = ids(&conn);
+        assert_eq!(left.len(), 51, "50 finished and the queued one");
+        assert_eq!(left.first(), Some(&51), "the oldest went first");
+        assert_eq!(left.last(), Some(&101), "a queued task is never deleted");
+    }
+
+    #[test]
+    fn an_older_database_switches_to_incremental_vacuum_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.sqlite3");
+        {
+            // As the planner created it before retention: auto_vacuum=NONE.
+            let conn = Connection::open(&path).expect("open");
+            conn.execute_batch(
+                "CREATE TABLE tasks (id INTEGER PRIMARY KEY, op TEXT NOT NULL, args TEXT NOT NULL,
+                 status TEXT NOT NULL, result INTEGER, error TEXT, worker TEXT, digest TEXT,
+                 attempts INTEGER NOT NULL DEFAULT 0, submitted_at_ms INTEGER NOT NULL,
+                 started_at_ms INTEGER, finished_at_ms INTEGER);",
+            )
+            .expect("old schema");
+            finished_tasks(&conn, 20_000);
+        }
+        let mut conn = open(&path).expect("reopen");
+        let mode = |conn: &Connection| -> i64 {
+            conn.pragma_query_value(None, "auto_vacuum", |row| row.get(0))
+                .expect("pragma")
+        };
+        assert_eq!(mode(&conn), 0, "opening alone cannot switch it");
+        enable_incremental_vacuum(&conn);
+        assert_eq!(mode(&conn), 2);
+        assert_eq!(ids(&conn).len(), 20_000);
+        // Deleting most rows gives the space back to the file system.
+        let pages = |conn: &Connection| -> i64 {
+            conn.pragma_query_value(None, "page_count", |row| row.get(0))
+                .expect("pragma")
+        };
+        let before = pages(&conn);
+        let mut retained = Retained::default();
+        let all = Expiry {
+            finished_before_ms: Some(u64::MAX >> 1),
+            keep_at_most: None,
+            chunk: 100_000,
+        };
+        assert_eq!(expire_once(&mut conn, &mut retained, all), 20_000);
+        // Each pass returns a bounded number of pages.
+        for _ in 0..10 {
+            expire_once(&mut conn, &mut retained, all);
+        }
+        let after = pages(&conn);
+        assert!(after * 4 < before, "{before} pages before, {after} after");
+    }
 }

@@ -1,0 +1,54 @@
+//! Retention on the PostgreSQL store: finished tasks older than
+//! `RESULT_TTL` are deleted in small batches, each its own short statement.
+//!
+//! Batched deletes rather than partitions: a task's row changes from queued
+//! to finished in place, so partitioning by finish time would move every row
+//! between partitions on its last update, and partitioning by id (submission
+//! order) can only drop a partition once every task in it has finished (one
+//! long-queued task pins a whole partition); both need partitions created
+//! ahead of time and the partition key in the primary key. A batch of at
+//! most `chunk` rows, picked through an index on the finish time with `SKIP
+//! LOCKED` (so replicas expiring at once never wait on each other), holds
+//! its locks for milliseconds; autovacuum then makes the dead tuples'
+//! space reusable, so the table stops growing at about `RESULT_TTL` of
+//! tasks (plus what autovacuum has not reached yet). Tune it per table if
+//! the delete rate is high: `ALTER TABLE tasks SET
+//! (autovacuum_vacuum_scale_factor = 0.02)`.
+//!
+//! Kept apart from `postgres.rs` (which only lends its pool) so that the
+//! store's core can change without touching retention.
+
+use deadpool_postgres::Pool;
+
+use super::postgres::PgError;
+
+/// The index the batches are picked through: the oldest finished first.
+/// Built concurrently (never locking the table against writes) by
+/// [`prepare`]; belongs in a migration once the schema settles.
+const EXPIRY_INDEX: &str = "CREATE INDEX CONCURRENTLY IF NOT EXISTS tasks_expiry \
+     ON tasks (finished_at_ms) WHERE status IN ('done', 'failed', 'cancelled')";
+
+/// Makes sure the expiry index exists. Idempotent; safe with several
+/// planners starting at once (one builds it, the others wait or see it).
+pub async fn prepare(pool: &Pool) -> Result<(), PgError> {
+    let client = pool.get().await?;
+    client.batch_execute(EXPIRY_INDEX).await?;
+    Ok(())
+}
+
+/// Deletes up to `chunk` tasks that finished before `before_ms` (unix ms);
+/// returns how many.
+pub async fn expire(pool: &Pool, before_ms: u64, chunk: usize) -> Result<u64, PgError> {
+    let client = pool.get().await?;
+    let deleted = client
+        .execute(
+            "DELETE FROM tasks WHERE id IN (
+                SELECT id FROM tasks
+                WHERE status IN ('done', 'failed', 'cancelled') AND finished_at_ms < $1
+                ORDER BY finished_at_ms LIMIT $2
+                FOR UPDATE SKIP LOCKED)",
+            &[&(before_ms as i64), &(chunk as i64)],
+        )
+        .await?;
+    Ok(deleted)
+}
