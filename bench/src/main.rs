@@ -8,7 +8,9 @@
 //! 4. the dispatch gap, from the planner's own `/stats`;
 //! 5. the cost of one sandboxed WASM call (fresh store, limits set) against
 //!    the same arithmetic done natively;
-//! 6. memory: worker idle RSS, planner RSS per queued task.
+//! 6. memory: worker idle RSS, planner RSS per queued task;
+//! 7. the steady state: RSS and disk growth per hour of full-speed load with
+//!    the default retention.
 //!
 //! Everything runs on 127.0.0.1; every load loop is bounded in count and time.
 
@@ -17,6 +19,7 @@ mod e2e;
 mod machine;
 mod memory;
 mod report;
+mod steady;
 mod system;
 mod wasm;
 
@@ -80,6 +83,10 @@ struct Args {
     /// [default: 1000000; quick: 100000].
     #[arg(long)]
     queued: Option<u64>,
+    /// Tasks in the steady-state run (RSS and disk growth per hour)
+    /// [default: 400000; quick: 40000].
+    #[arg(long)]
+    steady_tasks: Option<u64>,
     /// Seconds each WASM cost loop runs for [default: 3; quick: 0.5].
     #[arg(long)]
     wasm_secs: Option<f64>,
@@ -105,6 +112,7 @@ pub struct Plan {
     pub ceiling: Duration,
     pub latency_samples: u64,
     pub queued: u64,
+    pub steady_tasks: u64,
     pub wasm: Duration,
     pub phase_timeout: Duration,
 }
@@ -130,6 +138,10 @@ impl Plan {
                 .queued
                 .unwrap_or(if q { 100_000 } else { 1_000_000 })
                 .max(1),
+            steady_tasks: args
+                .steady_tasks
+                .unwrap_or(if q { 40_000 } else { 400_000 })
+                .max(40_000),
             wasm: secs(pick(args.wasm_secs, 3.0, 0.5))?,
             phase_timeout: Duration::from_secs(args.phase_timeout_s.max(1)),
         };
@@ -186,12 +198,12 @@ async fn run(args: Args) -> Result<()> {
         ..Figures::default()
     };
 
-    progress("1/6 ceiling: trivial axum handler, keep-alive reqwest client");
+    progress("1/7 ceiling: trivial axum handler, keep-alive reqwest client");
     figures.ceiling = ceiling::measure(&plan)
         .await
         .context("measuring the ceiling")?;
 
-    progress("2-4/6 end-to-end: planner (durable) + workers");
+    progress("2-4/7 end-to-end: planner (durable) + workers");
     let e2e = e2e::measure(&plan).await.context("the end-to-end run")?;
     figures.throughput = e2e.throughput;
     if figures.ceiling.round_trips_per_s > 0.0 {
@@ -203,15 +215,20 @@ async fn run(args: Args) -> Result<()> {
     figures.gap = e2e.gap;
     figures.worker_idle_rss_kib = e2e.worker_idle_rss_kib;
 
-    progress("5/6 WASM cost per call");
+    progress("5/7 WASM cost per call");
     figures.wasm = wasm::measure(&plan)
         .await
         .context("measuring the WASM call cost")?;
 
-    progress("6/6 planner memory with queued tasks");
+    progress("6/7 planner memory with queued tasks");
     figures.planner_memory = memory::measure(&plan)
         .await
         .context("measuring the planner's memory")?;
+
+    progress("7/7 steady state: default retention, full speed");
+    figures.steady = steady::measure(&plan)
+        .await
+        .context("measuring the steady state")?;
     figures.wall_secs = started.elapsed().as_secs_f64();
     figures.load_end = machine::load_average();
     println!(

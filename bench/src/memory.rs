@@ -24,7 +24,10 @@ pub struct PlannerMemory {
 
 pub async fn measure(plan: &Plan) -> Result<PlannerMemory> {
     let dir = tempfile::Builder::new().prefix("bench-memory-").tempdir()?;
-    let mut planner = system::start_planner(dir.path(), "planner-queue", &[]).await?;
+    // Room for every task of the run, whatever the default QUEUE_LIMIT.
+    let limit = plan.queued.to_string();
+    let mut planner =
+        system::start_planner(dir.path(), "planner-queue", &[("QUEUE_LIMIT", &limit)]).await?;
     let outcome = fill(plan, &planner).await;
     planner.stop(Duration::from_secs(10)).await;
     outcome

@@ -11,6 +11,7 @@ use crate::ceiling::Ceiling;
 use crate::e2e::{Gap, Latency, Throughput};
 use crate::machine::Machine;
 use crate::memory::PlannerMemory;
+use crate::steady::SteadyState;
 use crate::wasm::WasmCost;
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -23,6 +24,7 @@ pub struct Figures {
     pub wasm: WasmCost,
     pub worker_idle_rss_kib: u64,
     pub planner_memory: PlannerMemory,
+    pub steady: SteadyState,
     pub wall_secs: f64,
     /// 1-minute load average when the run started and when it ended.
     pub load_start: f64,
@@ -238,6 +240,40 @@ pub fn rows(f: &Figures) -> Vec<Row> {
             format!("{:.0} B", m.bytes_per_task),
             "< 1024 B",
             Verdict::of(m.bytes_per_task > 0.0 && m.bytes_per_task < 1024.0),
+        ),
+        row(
+            "7",
+            format!(
+                "steady state, default retention: {} tasks at {:.0} tasks/s, RSS after warm-up → end",
+                f.steady.tasks, f.steady.tasks_per_s
+            ),
+            format!(
+                "{} → {}",
+                mib(f.steady.rss_warm_kib),
+                mib(f.steady.rss_end_kib)
+            ),
+            "",
+            Verdict::Info,
+        ),
+        row(
+            "7",
+            "  per hour of full-speed load: planner RSS / data dir",
+            format!(
+                "{:+.0} MiB / {:+.2} GiB",
+                f.steady.rss_mib_per_hour, f.steady.disk_gib_per_hour
+            ),
+            "",
+            Verdict::Info,
+        ),
+        row(
+            "7",
+            "  data dir per task; until RESULT_LIMIT (10M) caps it",
+            format!(
+                "{:.0} B; {:.0} min",
+                f.steady.disk_bytes_per_task, f.steady.minutes_to_count_cap
+            ),
+            "",
+            Verdict::Info,
         ),
     ]
 }

@@ -69,6 +69,10 @@ fn quick_run_reports_every_figure() {
         "/worker_idle_rss_kib",
         "/planner_memory/rss_after_kib",
         "/planner_memory/bytes_per_task",
+        "/steady/tasks_per_s",
+        "/steady/rss_end_kib",
+        "/steady/disk_end_bytes",
+        "/steady/minutes_to_count_cap",
     ] {
         let value = figures.pointer(path).and_then(Value::as_f64);
         assert!(

@@ -72,8 +72,9 @@ pub struct ServeConfig {
     /// Require the token for submitting and cancelling tasks too.
     #[arg(long, env = "SUBMIT_REQUIRES_TOKEN", default_value_t = false)]
     pub submit_requires_token: bool,
-    /// Most tasks waiting at once; past it submissions get 503 with Retry-After.
-    #[arg(long, env = "QUEUE_LIMIT", default_value_t = 1_000_000)]
+    /// Most tasks waiting at once; past it submissions get 503 with
+    /// Retry-After. Each queued task takes about 410 B of memory.
+    #[arg(long, env = "QUEUE_LIMIT", default_value_t = 500_000)]
     pub queue_limit: usize,
     /// Dispatches per task before it fails (worker deaths, timeouts).
     #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
