@@ -194,11 +194,12 @@ impl Store {
         let conn = sqlite::open(&path)?;
         sqlite::enable_incremental_vacuum(&conn);
         let recovered = sqlite::recover(&conn, recent_finished)?;
+        let retained = sqlite::Retained::counted(&conn);
         let reader = sqlite::open(&path)?;
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || write_loop(conn, rx))?;
+            .spawn(move || write_loop(conn, rx, retained))?;
         let store = Self {
             _lock: Some(lock),
             writer: Some(tx),
@@ -358,8 +359,11 @@ const MAX_BATCH: usize = 8192;
 /// results it still holds again (when nothing new arrives meanwhile).
 const RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
 
-fn write_loop(mut conn: rusqlite::Connection, rx: mpsc::Receiver<SqliteWrite>) {
-    let mut retained = sqlite::Retained::default();
+fn write_loop(
+    mut conn: rusqlite::Connection,
+    rx: mpsc::Receiver<SqliteWrite>,
+    mut retained: sqlite::Retained,
+) {
     // Results and attempt counts of a failed commit (a full disk): kept and
     // written with a later batch, so none is lost while the disk is full.
     let mut held: Vec<SqliteWrite> = Vec::new();
@@ -391,7 +395,6 @@ fn write_loop(mut conn: rusqlite::Connection, rx: mpsc::Receiver<SqliteWrite>) {
         }
         let result = sqlite::apply(&mut conn, &batch, &mut retained).map_err(CommitError::from);
         if let Err(err) = &result {
-            retained.forget();
             match err {
                 CommitError::DiskFull => {
                     tracing::error!(

@@ -90,6 +90,16 @@ pub struct Retained {
 }
 
 impl Retained {
+    /// Counted when the store opens, before the planner serves: counting
+    /// millions of rows takes a moment that the writer must not spend later.
+    pub fn counted(conn: &Connection) -> Self {
+        let mut retained = Self::default();
+        if let Err(err) = retained.count(conn) {
+            tracing::warn!(error = %err, "could not count the finished tasks; counting later");
+        }
+        retained
+    }
+
     fn count(&mut self, tx: &Connection) -> rusqlite::Result<u64> {
         if let Some(n) = self.finished_rows {
             return Ok(n);
@@ -102,15 +112,25 @@ impl Retained {
         self.finished_rows = Some(n as u64);
         Ok(n as u64)
     }
-
-    pub fn forget(&mut self) {
-        self.finished_rows = None;
-    }
 }
 
 /// Applies a batch in one transaction; returns the rows each `Expire` of the
 /// batch deleted, in order.
 pub fn apply(
+    conn: &mut Connection,
+    batch: &[Write],
+    retained: &mut Retained,
+) -> rusqlite::Result<Vec<u64>> {
+    // What the count was, should the transaction not commit.
+    let counted = retained.finished_rows;
+    let result = apply_in_transaction(conn, batch, retained);
+    if result.is_err() {
+        retained.finished_rows = counted;
+    }
+    result
+}
+
+fn apply_in_transaction(
     conn: &mut Connection,
     batch: &[Write],
     retained: &mut Retained,
