@@ -83,8 +83,8 @@ struct Args {
     /// [default: 1000000; quick: 100000].
     #[arg(long)]
     queued: Option<u64>,
-    /// Tasks in the steady-state run (RSS and disk growth per hour)
-    /// [default: 400000; quick: 40000].
+    /// Tasks in the steady-state run (RSS and disk growth per hour, measured
+    /// over the second half) [default: 1000000; quick: 40000].
     #[arg(long)]
     steady_tasks: Option<u64>,
     /// Seconds each WASM cost loop runs for [default: 3; quick: 0.5].
@@ -140,7 +140,7 @@ impl Plan {
                 .max(1),
             steady_tasks: args
                 .steady_tasks
-                .unwrap_or(if q { 40_000 } else { 400_000 })
+                .unwrap_or(if q { 40_000 } else { 1_000_000 })
                 .max(40_000),
             wasm: secs(pick(args.wasm_secs, 3.0, 0.5))?,
             phase_timeout: Duration::from_secs(args.phase_timeout_s.max(1)),
