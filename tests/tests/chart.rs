@@ -254,6 +254,8 @@ fn the_schema_refuses_nonsense_at_install_naming_the_field() -> Result<()> {
         (&["--set", "add.workMs=soon"], "/add/workMs"),
         (&["--set", "add.ops={Add!}"], "/add/ops/0"),
         (&["--set", "planner.store=sqlite"], "/planner/store"),
+        (&["--set", "planner.resultTtl=a day"], "/planner/resultTtl"),
+        (&["--set", "planner.resultLimit=-1"], "/planner/resultLimit"),
         (
             &["--set", "image.pullPolicy=Sometimes"],
             "/image/pullPolicy",
@@ -487,6 +489,18 @@ fn values_reach_the_containers_environment() -> Result<()> {
             "workers-planner",
             "MAX_ATTEMPTS",
             "9",
+        ),
+        (
+            &["--set", "planner.resultTtl=7d"],
+            "workers-planner",
+            "RESULT_TTL",
+            "7d",
+        ),
+        (
+            &["--set", "planner.resultLimit=123"],
+            "workers-planner",
+            "RESULT_LIMIT",
+            "123",
         ),
         (
             &["--set", "planner.heartbeatTimeoutMs=4500"],

@@ -77,6 +77,14 @@ fn fill(path: &Path) -> Result<u64> {
     Ok(written)
 }
 
+/// Commits the planner's store writer logged as failed for a full disk.
+fn disk_full_commits(log: &Path) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .matches("store commit failed: the disk is full")
+        .count()
+}
+
 fn tasks(from: i64, n: i64) -> Value {
     Value::Array(
         (from..from + n)
@@ -147,6 +155,7 @@ async fn a_full_disk_refuses_submissions_loses_nothing_and_recovers_by_itself() 
     };
     let error = refusal["error"].as_str().unwrap_or_default();
     assert!(error.contains("disk is full"), "a clear error: {refusal}");
+    let failed_submissions = disk_full_commits(&system.planner.log);
 
     // Work already accepted goes on: the results are held until they can be
     // written.
@@ -155,6 +164,14 @@ async fn a_full_disk_refuses_submissions_loses_nothing_and_recovers_by_itself() 
     let ids: Vec<TaskId> = accepted.iter().map(|(id, _)| *id).collect();
     let views = system.wait_final(&ids, Duration::from_secs(60)).await?;
     assert!(views.iter().all(|v| v.status == TaskStatus::Done));
+    // Their results cannot be written meanwhile: the writer keeps trying
+    // (and failing) with no submission in sight.
+    poll(
+        Duration::from_secs(10),
+        "the held results' commits to fail",
+        || async { (disk_full_commits(&system.planner.log) > failed_submissions).then_some(()) },
+    )
+    .await?;
     // Still full: still refused.
     let (status, body) = system.submit(&tasks(5_000, 1)).await?;
     assert_eq!(status, 503, "{body}");
