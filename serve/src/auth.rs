@@ -84,6 +84,21 @@ pub async fn require_token(State(token): State<Token>, request: Request, next: N
     }
 }
 
+/// Declares the `bearer` security scheme in an OpenAPI description; both
+/// binaries' descriptions use it for their token-guarded routes.
+pub struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = api.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@ mod tasks;
 mod ui;
 mod workers;
 
+use serve::auth::BearerAuth;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
@@ -69,19 +70,6 @@ pub fn app(state: AppState, auth: AuthPolicy) -> Router {
     modifiers(&BearerAuth),
 )]
 struct ApiDoc;
-
-struct BearerAuth;
-
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let components = api.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
-    }
-}
 
 fn routes(auth: AuthPolicy) -> OpenApiRouter<AppState> {
     let guard = || axum::middleware::from_fn_with_state(auth.token.clone(), require_token);

@@ -7,6 +7,7 @@ mod legacy;
 mod ops;
 mod tasks;
 
+use serve::auth::BearerAuth;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
@@ -50,19 +51,6 @@ pub fn app(state: AppState, token: Token) -> Router {
     modifiers(&BearerAuth),
 )]
 struct ApiDoc;
-
-struct BearerAuth;
-
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let components = api.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
-    }
-}
 
 fn routes(token: Token) -> OpenApiRouter<AppState> {
     let modules = OpenApiRouter::new()
