@@ -27,6 +27,7 @@ pub async fn start_planner(dir: &Path, name: &str, env: &[(&str, &str)]) -> Resu
     cmd.arg("serve")
         .env("PORT", "0")
         .env("BIND", "127.0.0.1")
+        .env("TOKEN_FILE", token_file(dir)?)
         .env("DATA_DIR", dir.join(format!("{name}-data")));
     for (key, value) in env {
         cmd.env(key, value);
@@ -43,8 +44,19 @@ pub async fn start_worker(dir: &Path, planner_url: &str, id: &str, slots: u32) -
         .env("PLANNER", planner_url)
         .env("WORK_MS", "0")
         .env("SLOTS", slots.to_string())
-        .env("WORKER_ID", id);
+        .env("WORKER_ID", id)
+        .env("TOKEN_FILE", token_file(dir)?);
     Service::start(id, cmd, &dir.join(format!("{id}.log"))).await
+}
+
+/// The token the benchmark's planners and workers share (authentication is
+/// on by default), in a file in the run's directory.
+fn token_file(dir: &Path) -> Result<std::path::PathBuf> {
+    let path = dir.join("token");
+    if !path.exists() {
+        std::fs::write(&path, "bench-token").context("writing the benchmark's token file")?;
+    }
+    Ok(path)
 }
 
 pub async fn stats(client: &reqwest::Client, planner: &str) -> Result<Stats> {

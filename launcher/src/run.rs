@@ -129,8 +129,16 @@ async fn run_in(
         .env("HEARTBEAT_TIMEOUT_MS", "3000");
     let mut planner = Service::start("planner", planner_cmd, &run_dir.join("planner.log")).await?;
     let planner_url = planner.url();
+    // The planner made its token there before it announced its address; the
+    // workers read it from the file, as a Kubernetes Secret would be read.
+    let token_file = run_dir.join("data").join("token");
     println!("planner   {planner_url}  (dashboard: {planner_url}/ in a browser)");
     println!("logs      {}", run_dir.display());
+    println!(
+        "token     {}  (workers and module uploads need it: curl -H \"Authorization: Bearer $(cat {})\" ...)",
+        token_file.display(),
+        token_file.display()
+    );
 
     let mut launches = Vec::new();
     for flavor in flavors {
@@ -146,7 +154,8 @@ async fn run_in(
             .env("PLANNER", &planner_url)
             .env("WORK_MS", &args.work_ms)
             .env("SLOTS", args.slots.to_string())
-            .env("WORKER_ID", &id);
+            .env("WORKER_ID", &id)
+            .env("TOKEN_FILE", &token_file);
         let log = run_dir.join(format!("{id}.log"));
         async move { Service::start(&id, cmd, &log).await }
     };

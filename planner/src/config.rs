@@ -41,8 +41,9 @@ pub struct ServeConfig {
     /// Port to listen on (0 picks a free one).
     #[arg(long, env = "PORT", default_value_t = 3000)]
     pub port: u16,
-    /// Interface to listen on.
-    #[arg(long, env = "BIND", default_value = "0.0.0.0")]
+    /// Interface to listen on: loopback unless told otherwise (the chart
+    /// sets 0.0.0.0, as a pod must).
+    #[arg(long, env = "BIND", default_value = "127.0.0.1")]
     pub bind: String,
     /// Where accepted tasks and results are kept (SQLite).
     #[arg(long, env = "DATA_DIR", default_value = "planner-data")]
@@ -66,12 +67,34 @@ pub struct ServeConfig {
     /// giving up; `/readyz` answers 503 meanwhile.
     #[arg(long, env = "DATABASE_CONNECT_TIMEOUT_MS", default_value_t = 60_000)]
     pub database_connect_timeout_ms: u64,
-    /// Shared bearer token for workers and module uploads; unset = no auth.
-    #[arg(long, env = "TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// Require the token for submitting and cancelling tasks too.
+    /// Authentication: `AUTH`, and the worker/admin token (`TOKEN` or
+    /// `TOKEN_FILE`; when neither is set, one is generated in
+    /// `DATA_DIR/token`). It guards registration, heartbeats, module uploads
+    /// and dispatch to workers.
+    #[command(flatten)]
+    pub auth: serve::auth::AuthArgs,
+    /// A token for clients only: accepted (as well as the admin token) on
+    /// the routes SUBMIT_REQUIRES_TOKEN and READ_REQUIRES_TOKEN guard, never
+    /// on the worker/admin ones.
+    #[arg(
+        long,
+        env = "CLIENT_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "client_token_file"
+    )]
+    pub client_token: Option<String>,
+    /// A file holding CLIENT_TOKEN (a mounted Kubernetes Secret).
+    #[arg(long, env = "CLIENT_TOKEN_FILE")]
+    pub client_token_file: Option<PathBuf>,
+    /// Require a token (client or admin) for submitting and cancelling tasks too.
     #[arg(long, env = "SUBMIT_REQUIRES_TOKEN", default_value_t = false)]
     pub submit_requires_token: bool,
+    /// Require a token (client or admin) for reading tasks, workers, ops,
+    /// events, stats and metrics too (`/healthz`, `/readyz`,
+    /// `/openapi.json` and the dashboard page itself stay open; the
+    /// dashboard's data then needs reads open).
+    #[arg(long, env = "READ_REQUIRES_TOKEN", default_value_t = false)]
+    pub read_requires_token: bool,
     /// Most tasks waiting at once; past it submissions get 503 with
     /// Retry-After. Each queued task takes about 410 B of memory.
     #[arg(long, env = "QUEUE_LIMIT", default_value_t = 500_000)]
@@ -149,7 +172,14 @@ impl std::fmt::Debug for ServeConfig {
                 &self.database_url.as_ref().map(|_| "<redacted>"),
             )
             .field("database_url_file", &self.database_url_file)
-            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("auth", &self.auth)
+            .field(
+                "client_token",
+                &self.client_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("client_token_file", &self.client_token_file)
+            .field("submit_requires_token", &self.submit_requires_token)
+            .field("read_requires_token", &self.read_requires_token)
             .field("queue_limit", &self.queue_limit)
             .field("max_attempts", &self.max_attempts)
             .field("result_ttl", &self.result_ttl)

@@ -5,6 +5,7 @@
 //! [`serve`] takes its listener and its stop signal as arguments, so tests
 //! drive a whole planner in process.
 
+pub mod access;
 pub mod api;
 pub mod board;
 pub mod config;
@@ -35,10 +36,13 @@ use crate::modules::Modules;
 use crate::planner::{Limits, Parts, Planner, Pusher};
 use crate::store::{Durability, Store};
 
-/// Binds the configured address and serves until SIGTERM or Ctrl-C.
+/// Binds the configured address and serves until SIGTERM or Ctrl-C. The
+/// token (generated into `DATA_DIR/token` when none is given) is settled
+/// before the address is announced, so whoever waits for that line finds it.
 pub async fn run(config: ServeConfig) -> Result<()> {
+    let access = access::resolve(&config)?;
     let (listener, _) = serve::listen::bind(&config.bind, config.port).await?;
-    serve(config, listener, serve::shutdown::signal()).await
+    serve_with(config, access, listener, serve::shutdown::signal()).await
 }
 
 /// Serves the planner's API on `listener` until `shutdown` resolves, then
@@ -47,6 +51,17 @@ pub async fn run(config: ServeConfig) -> Result<()> {
 /// and the store is flushed before returning.
 pub async fn serve(
     config: ServeConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let access = access::resolve(&config)?;
+    serve_with(config, access, listener, shutdown).await
+}
+
+/// [`serve`] with the access rules already settled ([`access::resolve`]).
+pub async fn serve_with(
+    config: ServeConfig,
+    access: access::Access,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
@@ -63,7 +78,7 @@ pub async fn serve(
             target.shown.clone(),
         );
         let built = tokio::select! {
-            built = build(&config) => built,
+            built = build(&config, &access.admin) => built,
             () = &mut shutdown => {
                 starting.stop().await;
                 tracing::info!("stopped before the store was ready");
@@ -73,7 +88,7 @@ pub async fn serve(
         starting.stop().await;
         (built?, TcpListener::from_std(listener)?)
     } else {
-        (build(&config).await?, listener)
+        (build(&config, &access.admin).await?, listener)
     };
     tracing::info!(durable = planner.store().is_durable(), data_dir = %config.data_dir.display(), "planner ready");
     let stopping = CancellationToken::new();
@@ -94,10 +109,6 @@ pub async fn serve(
         stopping: stopping.clone(),
         listening,
     };
-    let auth = api::AuthPolicy {
-        token: Token::new(config.token.clone()),
-        submit_requires_token: config.submit_requires_token,
-    };
     let signal = {
         let stopping = stopping.clone();
         async move {
@@ -106,7 +117,12 @@ pub async fn serve(
             stopping.cancel();
         }
     };
-    let server = serve::http::run(listener, api::app(state, auth), config.connections, signal);
+    let server = serve::http::run(
+        listener,
+        api::app(state, &access),
+        config.connections,
+        signal,
+    );
     let drain = Duration::from_millis(config.drain_timeout_ms);
     let deadline = async {
         stopping.cancelled().await;
@@ -128,7 +144,8 @@ pub async fn serve(
 
 /// The planner with its store opened and recovered, and `TASKS` seeded;
 /// public so that tests can put it behind [`api::app`] without a socket.
-pub async fn build(config: &ServeConfig) -> Result<Arc<Planner>> {
+/// `token` is what it presents to workers (dispatch, module pushes).
+pub async fn build(config: &ServeConfig, token: &Token) -> Result<Arc<Planner>> {
     // PostgreSQL keeps the tasks; modules stay under DATA_DIR for now.
     let durability = match config.store {
         StoreKind::Memory => Durability::Memory,
@@ -165,7 +182,7 @@ pub async fn build(config: &ServeConfig) -> Result<Arc<Planner>> {
             "recovered unfinished tasks; they run as workers register"
         );
     }
-    let token = Token::new(config.token.clone());
+    let token = token.clone();
     let dispatcher = Dispatcher::new(
         token.clone(),
         Duration::from_millis(config.dispatch_timeout_ms),

@@ -6,7 +6,8 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use clap::Parser;
-use planner::api::{AppState, AuthPolicy, app};
+use planner::access::Access;
+use planner::api::{AppState, app};
 use planner::config::Cli;
 use serde_json::Value;
 use serve::auth::Token;
@@ -16,7 +17,8 @@ const TOKEN: &str = "in-process-test-token";
 
 async fn router() -> anyhow::Result<Router> {
     let cli = Cli::try_parse_from(["planner", "--store", "memory"])?;
-    let planner = planner::build(&cli.serve).await?;
+    let token = Token::new(Some(TOKEN.into()));
+    let planner = planner::build(&cli.serve, &token).await?;
     let state = AppState {
         planner,
         metrics: serve::metrics::install(),
@@ -25,9 +27,9 @@ async fn router() -> anyhow::Result<Router> {
     };
     Ok(app(
         state,
-        AuthPolicy {
-            token: Token::new(Some(TOKEN.into())),
-            submit_requires_token: false,
+        &Access {
+            admin: token,
+            ..Access::default()
         },
     ))
 }

@@ -1,5 +1,10 @@
-//! The shared bearer token: presenting it (clients) and checking it (servers).
+//! The shared bearer token: presenting it (clients), checking it (servers),
+//! and where a server takes it from (`AUTH`, `TOKEN`, `TOKEN_FILE`).
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::Next;
@@ -84,6 +89,116 @@ pub async fn require_token(State(token): State<Token>, request: Request, next: N
     }
 }
 
+/// Who may use a group of routes: anyone ([`Guard::open`]), or a request
+/// presenting one of a set of tokens (e.g. the admin token or the client
+/// token). Tokens that are not set are left out, so they never open a guard.
+#[derive(Clone, Default, Debug)]
+pub struct Guard(Arc<[Token]>);
+
+impl Guard {
+    pub fn open() -> Self {
+        Self::default()
+    }
+
+    /// Admits a request presenting any of `tokens` that is set; open when
+    /// none is.
+    pub fn tokens(tokens: impl IntoIterator<Item = Token>) -> Self {
+        Self(tokens.into_iter().filter(Token::is_set).collect())
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn admits(&self, authorization: Option<&HeaderValue>) -> bool {
+        self.is_open() || self.0.iter().any(|token| token.admits(authorization))
+    }
+}
+
+/// Middleware: 401 unless the [`Guard`] admits the request.
+pub async fn require(State(guard): State<Guard>, request: Request, next: Next) -> Response {
+    if guard.admits(request.headers().get(header::AUTHORIZATION)) {
+        next.run(request).await
+    } else {
+        ApiError::unauthorized().into_response()
+    }
+}
+
+/// `AUTH`: authentication is on unless an operator turns it off.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuthMode {
+    /// A token is required (the default).
+    #[default]
+    On,
+    /// No authentication at all: anyone who reaches the port may register
+    /// workers, upload modules and dispatch tasks. For a trusted lab, or the
+    /// exercise's workers that cannot present a token.
+    Off,
+}
+
+/// The authentication settings both binaries share.
+#[derive(clap::Args, Clone, Default)]
+pub struct AuthArgs {
+    /// `off`: no authentication at all, for a trusted lab or the exercise's
+    /// workers (logged as a warning at start).
+    #[arg(long, env = "AUTH", value_enum, default_value_t = AuthMode::On)]
+    pub auth: AuthMode,
+    /// The shared bearer token of the planner and its workers.
+    #[arg(
+        long,
+        env = "TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    pub token: Option<String>,
+    /// A file holding the token, e.g. a mounted Kubernetes Secret or the
+    /// planner's generated `DATA_DIR/token`.
+    #[arg(long, env = "TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl AuthArgs {
+    /// The token given by `TOKEN` or `TOKEN_FILE`, if any; an error when
+    /// `AUTH=off` contradicts a given token, or the file can't be read or is
+    /// empty.
+    pub fn configured(&self) -> anyhow::Result<Option<Token>> {
+        let token = match (&self.token, &self.token_file) {
+            (Some(value), _) if !value.is_empty() => Some(Token::new(Some(value.clone()))),
+            (_, Some(path)) => Some(read_token_file(path)?),
+            _ => None,
+        };
+        if self.auth == AuthMode::Off && token.is_some() {
+            anyhow::bail!(
+                "AUTH=off and a token (TOKEN or TOKEN_FILE) are both set: unset one of them"
+            );
+        }
+        Ok(token)
+    }
+}
+
+impl std::fmt::Debug for AuthArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthArgs")
+            .field("auth", &self.auth)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_file", &self.token_file)
+            .finish()
+    }
+}
+
+/// The token in a file: its contents without surrounding whitespace (a
+/// Secret written with `echo` ends with a newline). Empty is an error, never
+/// "no authentication".
+pub fn read_token_file(path: &Path) -> anyhow::Result<Token> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the token file {}", path.display()))?;
+    let value = text.trim();
+    if value.is_empty() {
+        anyhow::bail!("the token file {} is empty", path.display());
+    }
+    Ok(Token::new(Some(value.to_string())))
+}
+
 /// Declares the `bearer` security scheme in an OpenAPI description; both
 /// binaries' descriptions use it for their token-guarded routes.
 pub struct BearerAuth;
@@ -139,6 +254,42 @@ mod tests {
         assert!(value.is_sensitive());
         assert!(token.admits(Some(value)));
         assert!(Token::new(None).headers().is_empty());
+    }
+
+    #[test]
+    fn a_guard_admits_any_of_its_set_tokens_and_unset_ones_never_open_it() {
+        let admin = Token::new(Some("admin".into()));
+        let client = Token::new(Some("client".into()));
+        let guard = Guard::tokens([admin.clone(), client]);
+        assert!(guard.admits(Some(&HeaderValue::from_static("Bearer admin"))));
+        assert!(guard.admits(Some(&HeaderValue::from_static("Bearer client"))));
+        assert!(!guard.admits(Some(&HeaderValue::from_static("Bearer other"))));
+        assert!(!guard.admits(None));
+        let admin_only = Guard::tokens([admin, Token::new(None)]);
+        assert!(!admin_only.is_open());
+        assert!(!admin_only.admits(None));
+        assert!(Guard::tokens([Token::new(None)]).admits(None));
+        assert!(Guard::open().admits(None));
+    }
+
+    #[test]
+    fn a_token_file_is_trimmed_and_an_empty_one_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("serve-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("token");
+        std::fs::write(&file, "s3cret\n").expect("write");
+        let token = read_token_file(&file).expect("read");
+        assert!(token.admits(Some(&HeaderValue::from_static("Bearer s3cret"))));
+        std::fs::write(&file, " \n").expect("write");
+        assert!(read_token_file(&file).is_err());
+        let off = AuthArgs {
+            auth: AuthMode::Off,
+            token: None,
+            token_file: Some(file.clone()),
+        };
+        std::fs::write(&file, "s3cret").expect("write");
+        assert!(off.configured().is_err(), "AUTH=off with a token");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -62,7 +62,11 @@ pub struct System {
     pub dir: tempfile::TempDir,
     pub planner: Service,
     pub workers: Vec<Service>,
+    /// Presents the planner's admin token on every request (see
+    /// [`System::token`]); tests that check refusals use a client of their own.
     pub client: reqwest::Client,
+    /// The planner's admin token: `TOKEN` from the test's environment, else
+    /// the one the planner generated in its data dir; `None` with `AUTH=off`.
     pub token: Option<String>,
     /// The planner's PostgreSQL database, when it runs on one (see
     /// [`store_env`]).
@@ -104,18 +108,21 @@ impl System {
         let dir = tempfile::Builder::new().prefix("e2e-").tempdir()?;
         let database = store_env(env).await?;
         let planner = start_planner(dir.path(), &with_database(env, database.as_ref())).await?;
-        let token = env
-            .iter()
-            .find(|(k, _)| *k == "TOKEN")
-            .map(|(_, v)| v.to_string());
+        let token = planner_token(dir.path(), env)?;
         Ok(Self {
+            client: client_with(token.as_deref())?,
             dir,
             planner,
             workers: Vec::new(),
-            client: reqwest::Client::new(),
             token,
             database,
         })
+    }
+
+    /// Where the planner keeps the token it generated (when the test gave
+    /// none and left authentication on).
+    pub fn token_file(&self) -> PathBuf {
+        generated_token_file(self.dir.path())
     }
 
     /// A planner (with `env`) and `n` workers `w1`..`wN` with the default
@@ -168,8 +175,17 @@ impl System {
             .env("PLANNER", self.planner.url())
             .env("WORKER_ID", id)
             .env("HEARTBEAT_MS", "200");
-        if let Some(token) = &self.token {
-            cmd.env("TOKEN", token);
+        // The way a user would: the generated token's file, or the token the
+        // test gave, or AUTH=off; unless the test says otherwise itself.
+        let chooses = env
+            .iter()
+            .any(|(k, _)| matches!(*k, "TOKEN" | "TOKEN_FILE" | "AUTH"));
+        if !chooses {
+            match &self.token {
+                Some(_) if self.token_file().exists() => cmd.env("TOKEN_FILE", self.token_file()),
+                Some(token) => cmd.env("TOKEN", token),
+                None => cmd.env("AUTH", "off"),
+            };
         }
         for (key, value) in env {
             cmd.env(key, value);
@@ -259,6 +275,35 @@ impl System {
         }
         Ok(views)
     }
+}
+
+fn generated_token_file(dir: &Path) -> PathBuf {
+    dir.join("planner-data").join("token")
+}
+
+/// The planner's admin token as a test's environment set it up: `TOKEN`,
+/// `TOKEN_FILE`, none with `AUTH=off`, else the generated one (in place
+/// before the planner announces its address).
+fn planner_token(dir: &Path, env: &[(&str, &str)]) -> Result<Option<String>> {
+    let given = |key: &str| env.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+    if given("AUTH") == Some("off") {
+        return Ok(None);
+    }
+    if let Some(token) = given("TOKEN") {
+        return Ok(Some(token.to_string()));
+    }
+    let file = given("TOKEN_FILE").map_or_else(|| generated_token_file(dir), PathBuf::from);
+    let text = std::fs::read_to_string(&file)
+        .with_context(|| format!("reading the planner's token in {}", file.display()))?;
+    Ok(Some(text.trim().to_string()))
+}
+
+/// An HTTP client presenting `token` on every request.
+pub fn client_with(token: Option<&str>) -> Result<reqwest::Client> {
+    let headers = serve::auth::Token::new(token.map(str::to_string)).headers();
+    Ok(reqwest::Client::builder()
+        .default_headers(headers)
+        .build()?)
 }
 
 async fn start_planner(dir: &Path, env: &[(&str, &str)]) -> Result<Service> {

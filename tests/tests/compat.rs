@@ -11,7 +11,8 @@ use wire::planner::TaskStatus;
 
 #[tokio::test]
 async fn a_worker_speaks_the_exercise_routes() -> anyhow::Result<()> {
-    let mut system = System::start(&[]).await?;
+    // As next to the exercise's planner, which has no token to present.
+    let mut system = System::start(&[("AUTH", "off")]).await?;
     let url = system
         .add_worker("mul-only", &[("OPS", "mul")])
         .await?
@@ -74,7 +75,8 @@ async fn seed_env_mult_and_add_select_the_ops_when_ops_is_unset() -> anyhow::Res
 #[tokio::test]
 async fn legacy_workers_registered_by_register_get_tasks_and_a_404_teaches_the_planner()
 -> anyhow::Result<()> {
-    let mut system = System::start(&[]).await?;
+    // The exercise's workers present no token: the planner is told so.
+    let mut system = System::start(&[("AUTH", "off")]).await?;
     // Our worker binary speaks the legacy routes; its own registration goes
     // nowhere (no planner on port 9), so only the legacy record exists.
     let mut legacy_ids = Vec::new();
@@ -84,6 +86,7 @@ async fn legacy_workers_registered_by_register_get_tasks_and_a_404_teaches_the_p
             .env("BIND", "127.0.0.1")
             .env("PLANNER", "http://127.0.0.1:9")
             .env("OPS", ops)
+            .env("AUTH", "off")
             .env("WORKER_ID", id);
         let service = Service::start(id, cmd, &system.dir.path().join(format!("{id}.log"))).await?;
         let (status, body) = system
@@ -151,6 +154,8 @@ async fn a_worker_registers_the_exercise_way_with_a_planner_that_only_has_regist
     cmd.env("PORT", "0")
         .env("BIND", "127.0.0.1")
         .env("PLANNER", &planner_url)
+        // The exercise's planner has no token to give.
+        .env("AUTH", "off")
         .env("WORKER_ID", "old-style");
     let worker = Service::start("old-style", cmd, &dir.path().join("w.log")).await?;
     let registered = poll(Duration::from_secs(10), "a legacy registration", || {

@@ -111,7 +111,7 @@ async fn a_busy_one_slot_worker_refuses_a_second_task_with_429_and_403_on_legacy
         .add_worker("slow", &[("WORK_MS", "1500")])
         .await?
         .url();
-    let client = reqwest::Client::new();
+    let client = system.client.clone();
     let first = {
         let (client, url) = (client.clone(), url.clone());
         tokio::spawn(async move {

@@ -201,7 +201,7 @@ async fn modules_whose_description_breaks_the_limits_are_refused_at_load() -> an
         .await?
         .url();
     system.wait_for_workers(1).await?;
-    let client = reqwest::Client::new();
+    let client = system.client.clone();
     for (op, expected) in [
         ("bigdoc", "doc is 2800000 bytes, over the 1024-byte limit"),
         (

@@ -92,7 +92,8 @@ async fn a_worker_is_ready_only_while_its_planner_answers() -> anyhow::Result<()
         .env("BIND", "127.0.0.1")
         .env("PLANNER", format!("http://127.0.0.1:{port}"))
         .env("WORKER_ID", "early")
-        .env("HEARTBEAT_MS", "200");
+        .env("HEARTBEAT_MS", "200")
+        .env("TOKEN", "early-token");
     let log = dir.path().join("early.log");
     let worker = Service::start("early", cmd, &log).await?;
     let client = reqwest::Client::new();
@@ -116,7 +117,7 @@ async fn a_worker_is_ready_only_while_its_planner_answers() -> anyhow::Result<()
     assert_eq!(readyz(&client, &worker).await, Some(503));
 
     let port = port.to_string();
-    let mut system = System::start(&[("PORT", &port)]).await?;
+    let mut system = System::start(&[("PORT", &port), ("TOKEN", "early-token")]).await?;
     poll(
         Duration::from_secs(10),
         "the worker to be ready",

@@ -14,6 +14,7 @@ async fn a_module_importing_outside_the_contract_is_refused_at_load_naming_the_i
     cmd.env("PORT", "0")
         .env("OPS", "sneaky")
         .env("OPS_DIR", fixture_dir())
+        .env("AUTH", "off")
         .env("PLANNER", "http://127.0.0.1:9");
     let err = match Service::start("sneaky", cmd, &dir.path().join("w.log")).await {
         Ok(_) => panic!("a worker loading a module with a forbidden import must not start"),
@@ -28,6 +29,7 @@ async fn a_module_importing_outside_the_contract_is_refused_at_load_naming_the_i
 async fn an_unknown_op_stops_the_worker_with_one_clear_line() -> anyhow::Result<()> {
     let output = worker_command()?
         .env("OPS", "nope")
+        .env("AUTH", "off")
         .env("PORT", "0")
         .output()
         .await?;
@@ -79,7 +81,7 @@ async fn a_user_op_from_ops_dir_runs_through_the_planner() -> anyhow::Result<()>
 async fn a_worker_refuses_bad_task_bodies_with_json_errors() -> anyhow::Result<()> {
     let mut system = System::start(&[]).await?;
     let url = system.add_worker("w", &[]).await?.url();
-    let client = reqwest::Client::new();
+    let client = system.client.clone();
     for (what, body, want) in [
         ("malformed", r#"{"id": 1, "op": "add""#, 400),
         (

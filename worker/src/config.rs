@@ -30,8 +30,9 @@ pub struct Config {
     /// Port to listen on (0 picks a free one).
     #[arg(long, env = "PORT", default_value_t = 8080)]
     pub port: u16,
-    /// Interface to listen on.
-    #[arg(long, env = "BIND", default_value = "0.0.0.0")]
+    /// Interface to listen on: loopback unless told otherwise (the chart
+    /// sets 0.0.0.0, as a pod must).
+    #[arg(long, env = "BIND", default_value = "127.0.0.1")]
     pub bind: String,
     /// URL the planner uses to reach this worker [default: http://127.0.0.1:PORT].
     #[arg(long, env = "ADDRESS")]
@@ -51,9 +52,11 @@ pub struct Config {
     /// Memory cap of one op call, in MiB.
     #[arg(long, env = "OP_MEMORY_MB", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub op_memory_mb: u32,
-    /// Shared bearer token; unset means no authentication (local use).
-    #[arg(long, env = "TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    /// Authentication: the planner's token (`TOKEN`, or `TOKEN_FILE`, e.g.
+    /// the planner's `DATA_DIR/token`), required on this worker's task and
+    /// module routes and presented to the planner; `AUTH=off` for none.
+    #[command(flatten)]
+    pub auth: serve::auth::AuthArgs,
     /// This worker's identity at the planner [default: hostname-port].
     #[arg(long, env = "WORKER_ID")]
     pub id: Option<String>,

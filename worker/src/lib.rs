@@ -26,6 +26,7 @@ use crate::registration::Registrar;
 use crate::sandbox::{Sandbox, SandboxConfig};
 
 pub async fn run(config: Config) -> Result<()> {
+    let token = token(&config)?;
     let metrics = serve::metrics::install();
     let ops = config.selected_ops()?;
     let sandbox = Sandbox::new(SandboxConfig {
@@ -40,7 +41,6 @@ pub async fn run(config: Config) -> Result<()> {
     let id = config.worker_id(addr.port());
     let url = config.advertised_url(addr.port());
     let executor = Arc::new(Executor::new(catalog.clone(), config.slots, config.work_ms));
-    let token = Token::new(config.token.clone());
     let state = http::AppState {
         id: id.as_str().into(),
         executor: executor.clone(),
@@ -106,4 +106,22 @@ pub async fn run(config: Config) -> Result<()> {
     served?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The token this worker requires and presents: `TOKEN` or `TOKEN_FILE`.
+/// Without one it does not start (a worker the planner would refuse, or
+/// that anyone could use, helps nobody) unless `AUTH=off` says so.
+fn token(config: &Config) -> Result<Token> {
+    if let Some(token) = config.auth.configured()? {
+        return Ok(token);
+    }
+    if config.auth.auth == serve::auth::AuthMode::Off {
+        tracing::warn!(
+            "AUTH=off: no authentication; anyone who can reach this port may run tasks and replace modules"
+        );
+        return Ok(Token::default());
+    }
+    anyhow::bail!(
+        "no token: set TOKEN_FILE to the planner's token file (the planner writes it to DATA_DIR/token, e.g. planner-data/token), or TOKEN; AUTH=off runs without authentication"
+    )
 }

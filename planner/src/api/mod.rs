@@ -16,10 +16,11 @@ use std::sync::Arc;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 use axum::{Json, Router};
-use serve::auth::{Token, require_token};
+use serve::auth::require;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::access::Access;
 use crate::planner::Planner;
 
 /// A batch of 100,000 tasks fits; a multi-megabyte body beyond is refused.
@@ -38,17 +39,11 @@ pub struct AppState {
     pub listening: std::net::SocketAddr,
 }
 
-pub struct AuthPolicy {
-    pub token: Token,
-    /// Submitting and cancelling tasks need the token too.
-    pub submit_requires_token: bool,
-}
-
 /// The router, and the OpenAPI description generated from the same route
 /// list (`utoipa-axum`), served at `/openapi.json`: a route can't exist
 /// undocumented, nor be documented without existing.
-pub fn app(state: AppState, auth: AuthPolicy) -> Router {
-    let (router, api) = routes(auth).split_for_parts();
+pub fn app(state: AppState, access: &Access) -> Router {
+    let (router, api) = routes(access).split_for_parts();
     let api = Arc::new(api);
     router
         .route(
@@ -71,14 +66,7 @@ pub fn app(state: AppState, auth: AuthPolicy) -> Router {
 )]
 struct ApiDoc;
 
-fn routes(auth: AuthPolicy) -> OpenApiRouter<AppState> {
-    let guard = || axum::middleware::from_fn_with_state(auth.token.clone(), require_token);
-    let submit_token = if auth.submit_requires_token {
-        auth.token.clone()
-    } else {
-        Token::default()
-    };
-    let submit_guard = axum::middleware::from_fn_with_state(submit_token, require_token);
+fn routes(access: &Access) -> OpenApiRouter<AppState> {
     let modules = OpenApiRouter::new()
         .routes(routes!(ops::put))
         .layer(DefaultBodyLimit::max(wire::limits::MAX_MODULE_BYTES));
@@ -93,7 +81,10 @@ fn routes(auth: AuthPolicy) -> OpenApiRouter<AppState> {
         .routes(routes!(workers::heartbeat))
         .routes(routes!(legacy::register))
         .merge(modules)
-        .route_layer(guard());
+        .route_layer(axum::middleware::from_fn_with_state(
+            access.admin_guard(),
+            require,
+        ));
     let submission = OpenApiRouter::new()
         .routes(routes!(tasks::submit))
         .routes(routes!(tasks::cancel_many))
@@ -102,10 +93,12 @@ fn routes(auth: AuthPolicy) -> OpenApiRouter<AppState> {
         .merge(submission)
         .routes(routes!(tasks::random))
         .routes(routes!(tasks::cancel))
-        .route_layer(submit_guard);
-    OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
+        .route_layer(axum::middleware::from_fn_with_state(
+            access.submit_guard(),
+            require,
+        ));
+    let read_routes = OpenApiRouter::new()
         .routes(routes!(ui::index))
-        .routes(routes!(ui::page))
         .routes(routes!(tasks::list))
         .routes(routes!(tasks::get))
         .routes(routes!(workers::list))
@@ -113,8 +106,16 @@ fn routes(auth: AuthPolicy) -> OpenApiRouter<AppState> {
         .routes(routes!(events::stream))
         .routes(routes!(health::stats))
         .routes(routes!(health::metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            access.read_guard(),
+            require,
+        ));
+    // Probes and the descriptions stay open: they show nothing of the work.
+    OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
+        .routes(routes!(ui::page))
         .routes(routes!(health::live))
         .routes(routes!(health::ready))
+        .merge(read_routes)
         .merge(worker_routes)
         .merge(submit_routes)
 }
