@@ -113,11 +113,32 @@ checksum/token: {{ include "task-system.token" .ctx | sha256sum | trunc 16 | quo
 The TOKEN environment variable, from the Secret.
 */}}
 {{- define "task-system.tokenEnv" -}}
-- name: TOKEN
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "task-system.secretName" . }}
-      key: {{ include "task-system.secretKey" . }}
+- name: TOKEN_FILE
+  value: {{ include "task-system.tokenDir" . }}/token
+{{- end }}
+
+{{/*
+The token reaches the containers as a file from the Secret (`TOKEN_FILE`),
+never as an environment variable: those show in `kubectl describe`, in
+crash dumps and in every child process.
+*/}}
+{{- define "task-system.tokenDir" -}}/var/run/secrets/task-system{{- end }}
+
+{{- define "task-system.tokenVolumeMount" -}}
+- name: token
+  mountPath: {{ include "task-system.tokenDir" . }}
+  readOnly: true
+{{- end }}
+
+{{- define "task-system.tokenVolume" -}}
+- name: token
+  secret:
+    secretName: {{ include "task-system.secretName" . }}
+    # 0440: root and the pod's fsGroup (podSecurityContext.fsGroup) only.
+    defaultMode: 288
+    items:
+      - key: {{ include "task-system.secretKey" . }}
+        path: token
 {{- end }}
 
 {{/*

@@ -1,5 +1,7 @@
 //! The planner's Prometheus metrics, named in one place.
 
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{LazyLock, RwLock};
 use std::time::Duration;
 
 use metrics::{counter, gauge, histogram};
@@ -8,12 +10,63 @@ use wire::planner::{Stats, TaskStatus, WorkerView};
 use crate::board::Answer;
 use crate::task::Task;
 
+/// The label every op no worker has offered counts under.
+pub const OTHER_OP: &str = "other";
+/// Most op names that get a label of their own; past it, new ones count as
+/// [`OTHER_OP`] too.
+const MAX_LABELLED_OPS: usize = 1024;
+
+/// Ops some worker has offered since the planner started, plus the built-in
+/// ones: only these name a metric label or a `/stats` entry. Any op name a
+/// client makes up counts as `op="other"`, so one request with 50,000
+/// made-up names can't make `/metrics` and `/stats` megabytes long.
+static OFFERED: LazyLock<RwLock<HashSet<String>>> =
+    LazyLock::new(|| RwLock::new(["add", "mul"].map(String::from).into()));
+
+/// `op` was offered by a worker: from now on it has a label of its own.
+pub fn offered(op: &str) {
+    if is_labelled(op) {
+        return;
+    }
+    if let Ok(mut offered) = OFFERED.write()
+        && offered.len() < MAX_LABELLED_OPS
+    {
+        offered.insert(op.to_string());
+    }
+}
+
+fn is_labelled(op: &str) -> bool {
+    OFFERED.read().is_ok_and(|offered| offered.contains(op))
+}
+
+/// The label of `op`: itself once a worker offered it, else `other`.
+pub fn op_label(op: &str) -> String {
+    if is_labelled(op) {
+        op.to_string()
+    } else {
+        OTHER_OP.to_string()
+    }
+}
+
+/// `/stats` with the ops no worker offered folded into `other`.
+pub fn bounded(mut stats: Stats) -> Stats {
+    let mut by_op: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    for (op, counts) in std::mem::take(&mut stats.by_op) {
+        let folded = by_op.entry(op_label(&op)).or_default();
+        for (status, n) in counts {
+            *folded.entry(status).or_default() += n;
+        }
+    }
+    stats.by_op = by_op;
+    stats
+}
+
 pub fn submitted(op: &str) {
-    counter!("planner_tasks_submitted_total", "op" => op.to_string()).increment(1);
+    counter!("planner_tasks_submitted_total", "op" => op_label(op)).increment(1);
 }
 
 pub fn finished(task: &Task) {
-    let op = task.op.to_string();
+    let op = op_label(&task.op);
     counter!("planner_tasks_finished_total", "op" => op.clone(), "status" => task.status.as_str())
         .increment(1);
     if task.status == TaskStatus::Cancelled {
@@ -52,6 +105,7 @@ pub fn rollout(op: &str) {
 
 /// Gauges are computed from the current state when scraped.
 pub fn refresh(stats: &Stats, workers: &[WorkerView]) {
+    let stats = bounded(stats.clone());
     for (op, counts) in &stats.by_op {
         for status in [TaskStatus::Queued, TaskStatus::Running] {
             let n = counts.get(status.as_str()).copied().unwrap_or(0);

@@ -8,6 +8,7 @@ pub mod json;
 pub mod listen;
 pub mod logging;
 pub mod metrics;
+pub mod openapi;
 pub mod shutdown;
 
 pub use error::{ApiError, Path, Query};

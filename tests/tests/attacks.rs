@@ -143,3 +143,99 @@ async fn a_second_planner_on_the_same_data_dir_exits_naming_the_holder() -> anyh
     );
     honest_mul_still_works(&system).await
 }
+
+/// Attack 7: one submission with 50,000 made-up op names made `/metrics`
+/// 14.1 MB and `/stats` 3.85 MB. Ops no worker offered now count as
+/// `op="other"`.
+#[tokio::test]
+async fn made_up_op_names_count_as_other_in_metrics_and_stats() -> anyhow::Result<()> {
+    const NAMES: usize = 50_000;
+    let system = System::with_workers(&[], 1, &[("OPS", "mul")]).await?;
+    let tasks: Vec<Value> = (0..NAMES)
+        .map(|i| json!({"op": format!("zz{i}"), "args": []}))
+        .collect();
+    let ids = system.submit_ids(&json!(tasks)).await?;
+    assert_eq!(ids.len(), NAMES);
+    honest_mul_still_works(&system).await?;
+
+    let stats: Value = system.get_json("/stats").await?;
+    let ops: Vec<&String> = stats["by_op"]
+        .as_object()
+        .map(|m| m.keys().collect())
+        .unwrap_or_default();
+    assert!(
+        ops.iter()
+            .all(|op| ["add", "mul", "other"].contains(&op.as_str())),
+        "{ops:?}"
+    );
+    assert_eq!(
+        stats["by_op"]["other"]["queued"], NAMES,
+        "{}",
+        stats["by_op"]
+    );
+    let stats_len = stats.to_string().len();
+    let metrics = system
+        .client
+        .get(system.url("/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    println!(
+        "after {NAMES} made-up op names: /metrics {} bytes, /stats {stats_len} bytes",
+        metrics.len()
+    );
+    assert!(!metrics.contains("zz1"), "a made-up op got a label");
+    let other_queued = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(r#"planner_queue_depth{op="other"} "#))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert_eq!(other_queued, Some(NAMES as f64), "{metrics}");
+    assert!(metrics.len() < 100_000, "{} bytes", metrics.len());
+    Ok(())
+}
+
+/// The worker refuses cross-site writes too (the planner did already): a
+/// page in a browser on the worker's machine can't run tasks or swap modules
+/// there, even with `AUTH=off`.
+#[tokio::test]
+async fn cross_site_writes_to_a_worker_are_refused_and_curl_is_not() -> anyhow::Result<()> {
+    let mut system = System::start(&[("AUTH", "off")]).await?;
+    let worker = system.add_worker("w", &[("OPS", "mul")]).await?.url();
+    let task = json!({"id": 1, "op": "mul", "args": [6, 7]});
+    for (header, value) in [
+        ("sec-fetch-site", "cross-site"),
+        ("origin", "http://evil.example"),
+    ] {
+        for request in [
+            system.client.post(format!("{worker}/tasks")).json(&task),
+            system.client.delete(format!("{worker}/ops/mul")),
+            system
+                .client
+                .post(format!("{worker}/mult"))
+                .json(&json!({"a": 6, "b": 7})),
+        ] {
+            let response = request.header(header, value).send().await?;
+            assert_eq!(response.status(), 403, "{header}: {value}");
+            assert!(response.json::<Value>().await?["error"].is_string());
+        }
+    }
+    let ops: Vec<Value> = system
+        .client
+        .get(format!("{worker}/ops"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(ops.len(), 1, "mul was not removed");
+    let answer: Value = system
+        .client
+        .post(format!("{worker}/tasks"))
+        .json(&task)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(answer["result"], 42, "{answer}");
+    Ok(())
+}

@@ -696,16 +696,9 @@ fn the_token_is_generated_given_or_taken_from_an_existing_secret() -> Result<()>
         "generated afresh at install"
     );
     for name in ["workers-planner", "workers-general"] {
-        let env = &container(first.get("Deployment", name)?)?["env"];
-        let token_env = env
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|e| e["name"] == "TOKEN")
-            .context("TOKEN env")?;
         assert_eq!(
-            token_env["valueFrom"]["secretKeyRef"],
-            json!({"name": "workers-token", "key": "token"}),
+            token_secret_of(first.get("Deployment", name)?)?,
+            ("workers-token".to_string(), "token".to_string()),
             "{name}"
         );
     }
@@ -729,18 +722,59 @@ fn the_token_is_generated_given_or_taken_from_an_existing_secret() -> Result<()>
         existing.all("Secret").is_empty(),
         "no Secret of its own with auth.existingSecret"
     );
-    let env = &container(existing.get("Deployment", "workers-general")?)?["env"];
-    let token_env = env
+    assert_eq!(
+        token_secret_of(existing.get("Deployment", "workers-general")?)?,
+        ("mine".to_string(), "tok".to_string())
+    );
+    Ok(())
+}
+
+/// The Secret and key a Deployment's container reads its token from: a
+/// file (`TOKEN_FILE`) in a read-only Secret volume, never an environment
+/// variable.
+fn token_secret_of(deployment: &Value) -> Result<(String, String)> {
+    let container = container(deployment)?;
+    let env: Vec<&Value> = container["env"].as_array().into_iter().flatten().collect();
+    ensure!(
+        !env.iter().any(|e| e["name"] == "TOKEN"),
+        "the token is in the environment"
+    );
+    let file = env
+        .iter()
+        .find(|e| e["name"] == "TOKEN_FILE")
+        .and_then(|e| e["value"].as_str())
+        .context("TOKEN_FILE env")?;
+    let mount = container["volumeMounts"]
         .as_array()
         .into_iter()
         .flatten()
-        .find(|e| e["name"] == "TOKEN")
-        .context("TOKEN env")?;
-    assert_eq!(
-        token_env["valueFrom"]["secretKeyRef"],
-        json!({"name": "mine", "key": "tok"})
+        .find(|m| m["name"] == "token")
+        .context("token volumeMount")?;
+    ensure!(mount["readOnly"] == true, "{mount}");
+    let dir = mount["mountPath"].as_str().context("mountPath")?;
+    ensure!(
+        file.strip_prefix(dir) == Some("/token"),
+        "{file} under {dir}"
     );
-    Ok(())
+    let volume = deployment["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| v["name"] == "token")
+        .context("token volume")?;
+    let secret = &volume["secret"];
+    ensure!(secret["defaultMode"] == 0o440, "{secret}");
+    ensure!(secret["items"][0]["path"] == "token", "{secret}");
+    Ok((
+        secret["secretName"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        secret["items"][0]["key"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    ))
 }
 
 /// A stand-in for the Kubernetes API server, just enough for `helm template
@@ -782,7 +816,11 @@ async fn fake_api_server(existing_token: &str) -> Result<(String, tokio::task::J
         "policy/v1",
         &[("poddisruptionbudgets", "PodDisruptionBudget")],
     );
-    let group_list: Vec<Value> = ["apps", "policy"]
+    let networking = resources(
+        "networking.k8s.io/v1",
+        &[("networkpolicies", "NetworkPolicy")],
+    );
+    let group_list: Vec<Value> = ["apps", "policy", "networking.k8s.io"]
         .iter()
         .map(|g| {
             json!({
@@ -807,6 +845,10 @@ async fn fake_api_server(existing_token: &str) -> Result<(String, tokio::task::J
         .route("/api/v1", get(move || async move { axum::Json(core) }))
         .route("/apis/apps/v1", get(move || async move { axum::Json(apps) }))
         .route("/apis/policy/v1", get(move || async move { axum::Json(policy) }))
+        .route(
+            "/apis/networking.k8s.io/v1",
+            get(move || async move { axum::Json(networking) }),
+        )
         .route(
             "/api/v1/namespaces/{ns}/secrets/{name}",
             get(move |UrlPath((ns, name)): UrlPath<(String, String)>| async move {
@@ -977,6 +1019,7 @@ fn optional_objects_appear_only_when_asked_for() -> Result<()> {
             "ConfigMap",
             "Deployment",
             "PersistentVolumeClaim",
+            "NetworkPolicy",
             "Pod",
             "Secret",
             "Service"
@@ -1541,5 +1584,55 @@ fn the_default_claim_holds_what_retention_keeps_and_a_full_queue() -> Result<()>
             .any(|v| v["persistentVolumeClaim"]["claimName"] == "workers-planner-data"),
         "the data dir is on the claim by default: {volumes}"
     );
+/// Issue 12: by default worker pods accept connections only from planner
+/// pods, on their port; the planner only on its API port.
+#[test]
+fn network_policies_let_only_the_planner_reach_the_workers() -> Result<()> {
+    let manifest = render(RELEASE, &[])?;
+    let policies = manifest.all("NetworkPolicy");
+    assert_eq!(policies.len(), 2, "on by default");
+    let labels_of = |deployment: &str| -> Result<Value> {
+        Ok(
+            manifest.get("Deployment", deployment)?["spec"]["template"]["metadata"]["labels"]
+                .clone(),
+        )
+    };
+    let selects = |selector: &Value, labels: &Value| {
+        selector["matchLabels"]
+            .as_object()
+            .is_some_and(|m| !m.is_empty() && m.iter().all(|(k, v)| labels[k] == *v))
+    };
+    let (planner, general) = (labels_of("workers-planner")?, labels_of("workers-general")?);
+    let workers = manifest.get("NetworkPolicy", "workers-workers")?;
+    assert!(selects(&workers["spec"]["podSelector"], &general));
+    assert!(!selects(&workers["spec"]["podSelector"], &planner));
+    let rule = &workers["spec"]["ingress"][0];
+    let from = rule["from"].as_array().context("from")?;
+    assert_eq!(from.len(), 1, "{from:?}");
+    assert!(selects(&from[0]["podSelector"], &planner));
+    assert!(!selects(&from[0]["podSelector"], &general));
+    let worker_port =
+        container(manifest.get("Deployment", "workers-general")?)?["ports"][0]["containerPort"]
+            .clone();
+    assert_eq!(rule["ports"][0]["port"], worker_port);
+
+    let planner_policy = manifest.get("NetworkPolicy", "workers-planner")?;
+    assert!(selects(&planner_policy["spec"]["podSelector"], &planner));
+    let rule = &planner_policy["spec"]["ingress"][0];
+    assert!(rule.get("from").is_none(), "anyone may reach the API port");
+    assert_eq!(rule["ports"].as_array().map(Vec::len), Some(1));
+    assert_eq!(rule["ports"][0]["port"], 3000);
+
+    let scraped = render(
+        RELEASE,
+        &[
+            "--set",
+            "networkPolicy.workerIngressFrom[0].namespaceSelector.matchLabels.team=monitoring",
+        ],
+    )?;
+    let from = &scraped.get("NetworkPolicy", "workers-workers")?["spec"]["ingress"][0]["from"];
+    assert_eq!(from.as_array().map(Vec::len), Some(2), "{from}");
+    let off = render(RELEASE, &["--set", "networkPolicy.enabled=false"])?;
+    assert!(off.all("NetworkPolicy").is_empty());
     Ok(())
 }

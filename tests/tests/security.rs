@@ -396,3 +396,45 @@ async fn a_client_token_submits_and_reads_but_cannot_act_as_a_worker() -> anyhow
     assert_eq!(status, 401, "nor an administrator's");
     Ok(())
 }
+
+/// Issue 12, item 11: a worker that refuses the planner's token showed as
+/// healthy while tasks sat queued forever with no reason given.
+#[tokio::test]
+async fn a_worker_refusing_the_planners_token_is_shown_and_its_tasks_say_why() -> anyhow::Result<()>
+{
+    // The planner has no token to present; the worker insists on one.
+    let mut system = System::start(&[("AUTH", "off")]).await?;
+    system
+        .add_worker("picky", &[("TOKEN", "another-token"), ("OPS", "mul")])
+        .await?;
+    system.wait_for_workers(1).await?;
+    let id = system
+        .submit_ids(&json!({"op": "mul", "args": [6, 7]}))
+        .await?[0];
+    let refusing = e2e::poll(
+        Duration::from_secs(10),
+        "the worker to show it refuses the token",
+        || async {
+            let workers: Vec<Value> = system.get_json("/workers").await.ok()?;
+            (workers[0]["refuses_token"] == true).then_some(workers)
+        },
+    )
+    .await?;
+    assert_eq!(refusing[0]["id"], "picky");
+    let view = e2e::poll(
+        Duration::from_secs(10),
+        "the queued task to say why",
+        || async {
+            let view = system.task(id).await.ok()?;
+            view.waiting_for.is_some().then_some(view)
+        },
+    )
+    .await?;
+    assert_eq!(view.status, wire::planner::TaskStatus::Queued);
+    let reason = view.waiting_for.unwrap_or_default();
+    assert!(
+        reason.contains("refuses the planner's token") && reason.contains("picky"),
+        "{reason}"
+    );
+    Ok(())
+}

@@ -172,6 +172,11 @@ pub struct WorkerView {
     pub legacy: bool,
     /// Unix milliseconds of the last sign of life.
     pub last_seen_ms: u64,
+    /// Its last answer to a dispatch was 401: it refuses the planner's
+    /// token (a misconfiguration: they were given different tokens). Tasks
+    /// are not sent to it meanwhile, only retried every few seconds.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub refuses_token: bool,
 }
 
 /// `GET /stats`.

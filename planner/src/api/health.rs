@@ -27,7 +27,7 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
 
 #[utoipa::path(get, path = "/stats", tag = "observe", responses((status = 200, description = "Counts by status and op, workers by flavor, throughput, dispatch gap", body = wire::planner::Stats)))]
 pub async fn stats(State(state): State<AppState>) -> Json<Stats> {
-    Json(state.planner.stats())
+    Json(crate::telemetry::bounded(state.planner.stats()))
 }
 
 /// Prometheus text; the gauges are brought up to date first.

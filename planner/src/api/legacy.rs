@@ -9,7 +9,7 @@ use wire::planner::WorkerView;
 
 use super::AppState;
 
-#[utoipa::path(post, path = "/register", tag = "workers", request_body = wire::legacy::Register, security((), ("bearer" = [])), responses((status = 200, description = "Registered a legacy worker (the exercise's protocol), whose ops are learned by trying", body = Object), (status = 400, description = "Invalid URL or id", body = wire::ErrorBody), (status = 401, description = "Missing or wrong token (when TOKEN is set)", body = wire::ErrorBody)))]
+#[utoipa::path(post, path = "/register", tag = "workers", request_body = wire::legacy::Register, security((), ("bearer" = [])), responses((status = 200, description = "Registered a legacy worker (the exercise's protocol), whose ops are learned by trying", body = Object), (status = 400, description = "Invalid URL or id", body = wire::ErrorBody), (status = 401, description = "Missing or wrong token", body = wire::ErrorBody)))]
 pub async fn register(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<Register>,

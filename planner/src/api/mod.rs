@@ -43,7 +43,9 @@ pub struct AppState {
 /// list (`utoipa-axum`), served at `/openapi.json`: a route can't exist
 /// undocumented, nor be documented without existing.
 pub fn app(state: AppState, access: &Access) -> Router {
-    let (router, api) = routes(access).split_for_parts();
+    let (router, mut api) = routes(access).split_for_parts();
+    // After the routes are in: it adds to each of their operations.
+    utoipa::Modify::modify(&serve::openapi::ServerAnswers, &mut api);
     let api = Arc::new(api);
     router
         .route(

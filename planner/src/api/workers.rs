@@ -11,13 +11,16 @@ use wire::planner::{Registration, WorkerView};
 
 use super::AppState;
 
-#[utoipa::path(post, path = "/workers", tag = "workers", request_body = wire::planner::Registration, security((), ("bearer" = [])), responses((status = 200, description = "Registered (or updated)", body = Object), (status = 400, description = "Invalid registration", body = wire::ErrorBody), (status = 401, description = "Missing or wrong token (when TOKEN is set)", body = wire::ErrorBody), (status = 409, description = "The id belongs to a live worker at another address", body = wire::ErrorBody)))]
+#[utoipa::path(post, path = "/workers", tag = "workers", request_body = wire::planner::Registration, security((), ("bearer" = [])), responses((status = 200, description = "Registered (or updated)", body = Object), (status = 400, description = "Invalid registration", body = wire::ErrorBody), (status = 401, description = "Missing or wrong token", body = wire::ErrorBody), (status = 409, description = "The id belongs to a live worker at another address", body = wire::ErrorBody)))]
 pub async fn register(
     State(state): State<AppState>,
     JsonBody(registration): JsonBody<Registration>,
 ) -> Result<Json<Value>, ApiError> {
     validate(&registration, state.listening)?;
     let id = registration.id.clone();
+    for op in &registration.ops {
+        crate::telemetry::offered(&op.name);
+    }
     state
         .planner
         .register(registration)
@@ -119,7 +122,7 @@ fn points_at(url: &reqwest::Url, listening: SocketAddr) -> bool {
     }
 }
 
-#[utoipa::path(post, path = "/workers/{id}/heartbeat", tag = "workers", params(("id" = String, Path, description = "Worker id")), security((), ("bearer" = [])), responses((status = 204, description = "Seen"), (status = 401, description = "Missing or wrong token (when TOKEN is set)", body = wire::ErrorBody), (status = 404, description = "Unknown worker: register again", body = wire::ErrorBody)))]
+#[utoipa::path(post, path = "/workers/{id}/heartbeat", tag = "workers", params(("id" = String, Path, description = "Worker id")), security((), ("bearer" = [])), responses((status = 204, description = "Seen"), (status = 401, description = "Missing or wrong token", body = wire::ErrorBody), (status = 404, description = "Unknown worker: register again", body = wire::ErrorBody)))]
 pub async fn heartbeat(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -133,7 +136,7 @@ pub async fn heartbeat(
     }
 }
 
-#[utoipa::path(delete, path = "/workers/{id}", tag = "workers", params(("id" = String, Path, description = "Worker id")), security((), ("bearer" = [])), responses((status = 204, description = "Leaving: gets no new tasks"), (status = 401, description = "Missing or wrong token (when TOKEN is set)", body = wire::ErrorBody), (status = 404, description = "Unknown worker", body = wire::ErrorBody)))]
+#[utoipa::path(delete, path = "/workers/{id}", tag = "workers", params(("id" = String, Path, description = "Worker id")), security((), ("bearer" = [])), responses((status = 204, description = "Leaving: gets no new tasks"), (status = 401, description = "Missing or wrong token", body = wire::ErrorBody), (status = 404, description = "Unknown worker", body = wire::ErrorBody)))]
 pub async fn deregister(
     State(state): State<AppState>,
     Path(id): Path<String>,

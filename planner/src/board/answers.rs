@@ -42,6 +42,9 @@ impl Board {
                 }
                 Answer::Busy => self.settle_refused(assignment, BUSY_COOLDOWN, &mut effects),
                 Answer::Unauthorized => {
+                    if let Some(worker) = self.workers.get_mut(worker_id) {
+                        worker.refuses_token = true;
+                    }
                     self.settle_refused(assignment, UNAUTHORIZED_COOLDOWN, &mut effects)
                 }
                 Answer::Draining => self.settle_draining(assignment, &mut effects),
@@ -72,6 +75,7 @@ impl Board {
         };
         if let Some(worker) = self.workers.get_mut(&*assignment.worker) {
             worker.cooldown_until = None;
+            worker.refuses_token = false;
             match status {
                 TaskStatus::Done => worker.done += 1,
                 _ => worker.failed += 1,

@@ -3,6 +3,7 @@
 use wire::TaskId;
 use wire::planner::{TaskStatus, TaskView};
 
+use super::worker::Worker;
 use super::{Board, Finished};
 use crate::task::Task;
 
@@ -24,12 +25,33 @@ impl Board {
         if task.status != TaskStatus::Queued {
             return None;
         }
-        let capable = self
+        let capable: Vec<&Worker> = self
             .workers
             .values()
             .filter(|w| !w.leaving && w.offers(&task.op))
-            .count();
-        (capable == 0).then(|| format!("no live worker offers op `{}`", task.op))
+            .collect();
+        if capable.is_empty() {
+            return Some(format!("no live worker offers op `{}`", task.op));
+        }
+        // A token mismatch never fixes itself: say so rather than let the
+        // task look like it is waiting its turn.
+        if !capable.iter().all(|w| w.refuses_token) {
+            return None;
+        }
+        const SHOWN: usize = 5;
+        let mut ids: Vec<&str> = capable.iter().take(SHOWN).map(|w| &*w.id).collect();
+        let more = capable.len().saturating_sub(SHOWN);
+        let more = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
+        ids.sort_unstable();
+        Some(format!(
+            "every worker offering op `{}` refuses the planner's token (401): {}{more}; give them the planner's token",
+            task.op,
+            ids.join(", ")
+        ))
     }
 
     /// The arity a live worker advertises for `op`, if any does.

@@ -31,6 +31,8 @@ pub struct Worker {
     /// It said it was busy although we counted a free slot; skip it until it
     /// finishes something or this passes.
     pub cooldown_until: Option<Instant>,
+    /// Its last answer to a dispatch was 401 (see `WorkerView::refuses_token`).
+    pub refuses_token: bool,
 }
 
 impl Worker {
@@ -54,6 +56,7 @@ impl Worker {
             last_seen_ms: serve::now_ms(),
             leaving: false,
             cooldown_until: None,
+            refuses_token: false,
         }
     }
 
@@ -125,6 +128,7 @@ impl Worker {
             flavor: self.flavor(),
             legacy: self.is_legacy(),
             last_seen_ms: self.last_seen_ms,
+            refuses_token: self.refuses_token,
         }
     }
 }

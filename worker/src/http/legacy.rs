@@ -18,7 +18,7 @@ use crate::executor::Refusal;
     responses(
         (status = 200, description = "The result, its duration in ms, and this worker's id", body = wire::legacy::Answer),
         (status = 400, description = "Malformed body", body = wire::ErrorBody),
-        (status = 401, description = "Missing or wrong token (when TOKEN is set)", body = wire::ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = wire::ErrorBody),
         (status = 403, description = "Busy: all slots run a task (the exercise's convention)", body = wire::ErrorBody),
         (status = 404, description = "This worker does not offer the op", body = wire::ErrorBody),
         (status = 408, description = "The body did not arrive within BODY_TIMEOUT_MS", body = wire::ErrorBody),
@@ -43,7 +43,7 @@ pub async fn add(
     responses(
         (status = 200, description = "The result, its duration in ms, and this worker's id", body = wire::legacy::Answer),
         (status = 400, description = "Malformed body", body = wire::ErrorBody),
-        (status = 401, description = "Missing or wrong token (when TOKEN is set)", body = wire::ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = wire::ErrorBody),
         (status = 403, description = "Busy: all slots run a task (the exercise's convention)", body = wire::ErrorBody),
         (status = 404, description = "This worker does not offer the op", body = wire::ErrorBody),
         (status = 408, description = "The body did not arrive within BODY_TIMEOUT_MS", body = wire::ErrorBody),

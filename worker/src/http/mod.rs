@@ -30,7 +30,9 @@ pub struct AppState {
 }
 
 pub fn app(state: AppState, token: Token) -> Router {
-    let (router, api) = routes(token).split_for_parts();
+    let (router, mut api) = routes(token).split_for_parts();
+    // After the routes are in: it adds to each of their operations.
+    utoipa::Modify::modify(&serve::openapi::ServerAnswers, &mut api);
     let api = Arc::new(api);
     router
         .route(
@@ -39,6 +41,11 @@ pub fn app(state: AppState, token: Token) -> Router {
         )
         .fallback(serve::error::fallback)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // A page in a browser on the worker's host must not reach its
+        // routes either (the token guards them, but `AUTH=off` labs exist).
+        .layer(axum::middleware::from_fn(
+            serve::cross_origin::refuse_cross_site,
+        ))
         .with_state(state)
 }
 

@@ -28,7 +28,7 @@ pub async fn list(State(state): State<AppState>) -> Json<Vec<LoadedOp>> {
     responses(
         (status = 200, description = "Loaded: calls from now on use it", body = wire::worker::LoadedOp),
         (status = 400, description = "Invalid op name, empty body, not a component, or it breaks the contract (the serving version stays)", body = wire::ErrorBody),
-        (status = 401, description = "Missing or wrong token (when TOKEN is set)", body = wire::ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = wire::ErrorBody),
         (status = 408, description = "The body did not arrive within BODY_TIMEOUT_MS", body = wire::ErrorBody),
         (status = 413, description = "Larger than 8 MiB", body = wire::ErrorBody),
     )
@@ -70,7 +70,7 @@ pub async fn upload(
     security((), ("bearer" = [])),
     responses(
         (status = 204, description = "Removed: calls already running finish, no new ones start"),
-        (status = 401, description = "Missing or wrong token (when TOKEN is set)", body = wire::ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = wire::ErrorBody),
         (status = 404, description = "This worker has no such op", body = wire::ErrorBody),
     )
 )]

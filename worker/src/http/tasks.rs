@@ -20,7 +20,7 @@ use crate::executor::Refusal;
         (status = 200, description = "The op's result", body = wire::worker::TaskOutcome),
         (status = 422, description = "The op (or the sandbox: deadline, memory cap, trap) failed the task", body = wire::worker::TaskOutcome),
         (status = 400, description = "Malformed body", body = wire::ErrorBody),
-        (status = 401, description = "Missing or wrong token (when TOKEN is set)", body = wire::ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = wire::ErrorBody),
         (status = 404, description = "This worker does not offer the op", body = wire::ErrorBody),
         (status = 408, description = "The body did not arrive within BODY_TIMEOUT_MS", body = wire::ErrorBody),
         (status = 413, description = "Body over 64 KiB", body = wire::ErrorBody),
