@@ -1584,6 +1584,9 @@ fn the_default_claim_holds_what_retention_keeps_and_a_full_queue() -> Result<()>
             .any(|v| v["persistentVolumeClaim"]["claimName"] == "workers-planner-data"),
         "the data dir is on the claim by default: {volumes}"
     );
+    Ok(())
+}
+
 /// Issue 12: by default worker pods accept connections only from planner
 /// pods, on their port; the planner only on its API port.
 #[test]
