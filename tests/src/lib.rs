@@ -68,6 +68,8 @@ pub struct System {
     /// The planner's admin token: `TOKEN` from the test's environment, else
     /// the one the planner generated in its data dir; `None` with `AUTH=off`.
     pub token: Option<String>,
+    /// The planner's `DATA_DIR` (where it keeps a generated token).
+    pub data_dir: PathBuf,
     /// The planner's PostgreSQL database, when it runs on one (see
     /// [`store_env`]).
     pub database: Option<postgres::Database>,
@@ -108,9 +110,14 @@ impl System {
         let dir = tempfile::Builder::new().prefix("e2e-").tempdir()?;
         let database = store_env(env).await?;
         let planner = start_planner(dir.path(), &with_database(env, database.as_ref())).await?;
-        let token = planner_token(dir.path(), env)?;
+        let data_dir = env
+            .iter()
+            .find(|(k, _)| *k == "DATA_DIR")
+            .map_or_else(|| dir.path().join("planner-data"), |(_, v)| v.into());
+        let token = planner_token(&data_dir, env)?;
         Ok(Self {
             client: client_with(token.as_deref())?,
+            data_dir,
             dir,
             planner,
             workers: Vec::new(),
@@ -122,7 +129,7 @@ impl System {
     /// Where the planner keeps the token it generated (when the test gave
     /// none and left authentication on).
     pub fn token_file(&self) -> PathBuf {
-        generated_token_file(self.dir.path())
+        self.data_dir.join("token")
     }
 
     /// A planner (with `env`) and `n` workers `w1`..`wN` with the default
@@ -277,14 +284,10 @@ impl System {
     }
 }
 
-fn generated_token_file(dir: &Path) -> PathBuf {
-    dir.join("planner-data").join("token")
-}
-
 /// The planner's admin token as a test's environment set it up: `TOKEN`,
 /// `TOKEN_FILE`, none with `AUTH=off`, else the generated one (in place
 /// before the planner announces its address).
-fn planner_token(dir: &Path, env: &[(&str, &str)]) -> Result<Option<String>> {
+fn planner_token(data_dir: &Path, env: &[(&str, &str)]) -> Result<Option<String>> {
     let given = |key: &str| env.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
     if given("AUTH") == Some("off") {
         return Ok(None);
@@ -292,7 +295,7 @@ fn planner_token(dir: &Path, env: &[(&str, &str)]) -> Result<Option<String>> {
     if let Some(token) = given("TOKEN") {
         return Ok(Some(token.to_string()));
     }
-    let file = given("TOKEN_FILE").map_or_else(|| generated_token_file(dir), PathBuf::from);
+    let file = given("TOKEN_FILE").map_or_else(|| data_dir.join("token"), PathBuf::from);
     let text = std::fs::read_to_string(&file)
         .with_context(|| format!("reading the planner's token in {}", file.display()))?;
     Ok(Some(text.trim().to_string()))
