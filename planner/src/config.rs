@@ -32,7 +32,7 @@ pub enum StoreKind {
     Durable,
     /// Nothing survives a restart.
     Memory,
-    /// PostgreSQL at DATABASE_URL (one planner per database for now).
+    /// PostgreSQL at DATABASE_URL: any number of planner replicas may share it.
     Postgres,
 }
 
@@ -67,6 +67,15 @@ pub struct ServeConfig {
     /// giving up; `/readyz` answers 503 meanwhile.
     #[arg(long, env = "DATABASE_CONNECT_TIMEOUT_MS", default_value_t = 60_000)]
     pub database_connect_timeout_ms: u64,
+    /// With several replicas (`STORE=postgres`): how long (ms) a replica may
+    /// go without renewing its lease before the others take its tasks.
+    #[arg(long, env = "REPLICA_LEASE_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(200..))]
+    pub replica_lease_ms: u64,
+    /// This planner's own address, for its workers' heartbeats when several
+    /// replicas sit behind one Service (`http://POD_IP:3000`). Default: the
+    /// listening address, unless that is a wildcard.
+    #[arg(long, env = "ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
     /// Authentication: `AUTH`, and the worker/admin token (`TOKEN` or
     /// `TOKEN_FILE`; when neither is set, one is generated in
     /// `DATA_DIR/token`). It guards registration, heartbeats, module uploads

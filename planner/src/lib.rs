@@ -33,7 +33,7 @@ use crate::board::Board;
 use crate::config::{ServeConfig, StoreKind};
 use crate::dispatch::Dispatcher;
 use crate::modules::Modules;
-use crate::planner::{Limits, Parts, Planner, Pusher};
+use crate::planner::{Limits, Parts, Planner, Pusher, Replica};
 use crate::store::{Durability, Store};
 
 /// Binds the configured address and serves until SIGTERM or Ctrl-C. The
@@ -77,6 +77,7 @@ pub async fn serve_with(
             TcpListener::from_std(listener.try_clone()?)?,
             target.shown.clone(),
         );
+        let config = with_advertised_address(config.clone(), listener.local_addr()?);
         let built = tokio::select! {
             built = build(&config, &access.admin) => built,
             () = &mut shutdown => {
@@ -86,7 +87,9 @@ pub async fn serve_with(
             }
         };
         starting.stop().await;
-        (built?, TcpListener::from_std(listener)?)
+        let built = built?;
+        built.start_replica();
+        (built, TcpListener::from_std(listener)?)
     } else {
         (build(&config, &access.admin).await?, listener)
     };
@@ -138,6 +141,7 @@ pub async fn serve_with(
     reaper.abort();
     retention.abort();
     planner.store().flush().await;
+    planner.leave_replicas().await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -196,6 +200,12 @@ pub async fn build(config: &ServeConfig, token: &Token) -> Result<Arc<Planner>> 
         Durability::Memory => None,
     })
     .context("loading stored modules")?;
+    let replica = (config.store == StoreKind::Postgres).then(|| {
+        Replica::new(
+            Duration::from_millis(config.replica_lease_ms),
+            config.advertise_url.clone(),
+        )
+    });
     let planner = Planner::new(Parts {
         board,
         store,
@@ -203,16 +213,25 @@ pub async fn build(config: &ServeConfig, token: &Token) -> Result<Arc<Planner>> 
         limits,
         modules,
         pusher: Pusher::new(token)?,
+        replica,
     });
     // TASKS seeds a fresh planner once: a restarted one (a pod rescheduled
-    // onto its volume) must not enqueue the batch again.
-    if config.tasks > 0 && !recovered.fresh {
+    // onto its volume) must not enqueue the batch again, nor must a second
+    // replica on the same database.
+    let fresh = match planner.store().shared() {
+        Some(pg) if config.tasks > 0 => pg
+            .first_time("seeded TASKS")
+            .await
+            .context("marking the TASKS seeding")?,
+        _ => recovered.fresh,
+    };
+    if config.tasks > 0 && !fresh {
         tracing::info!(
             tasks = config.tasks,
             "TASKS ignored: the data dir already holds tasks from an earlier run"
         );
     }
-    if config.tasks > 0 && recovered.fresh {
+    if config.tasks > 0 && fresh {
         let (ids, _) = planner
             .submit(wire::random::generate(config.tasks), false)
             .await
@@ -220,6 +239,24 @@ pub async fn build(config: &ServeConfig, token: &Token) -> Result<Arc<Planner>> 
         tracing::info!(count = ids.len(), "enqueued random tasks");
     }
     Ok(planner)
+}
+
+/// With several replicas, workers heartbeat the replica they registered
+/// with: by default the address it listens on, when that names one host.
+fn with_advertised_address(
+    mut config: ServeConfig,
+    listening: std::net::SocketAddr,
+) -> ServeConfig {
+    if config.advertise_url.is_none() {
+        if listening.ip().is_unspecified() {
+            tracing::warn!(
+                "ADVERTISE_URL is not set and the planner listens on every interface: with several replicas, set it to this replica's own address so its workers' heartbeats reach it"
+            );
+        } else {
+            config.advertise_url = Some(format!("http://{listening}"));
+        }
+    }
+    config
 }
 
 /// This replica's name in the rows it owns: the host (the pod's name on

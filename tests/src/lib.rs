@@ -16,6 +16,7 @@ use wire::TaskId;
 use wire::planner::{TaskView, WorkerView};
 
 pub mod chart;
+pub mod front;
 pub mod postgres;
 pub mod values_doc;
 

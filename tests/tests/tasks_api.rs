@@ -84,9 +84,13 @@ async fn a_task_no_worker_offers_waits_with_a_reason_and_can_be_cancelled() -> a
         .await?;
     let view = system.task(ids[0]).await?;
     assert_eq!(view.status, TaskStatus::Queued);
-    assert_eq!(
-        view.waiting_for.as_deref(),
-        Some("no live worker offers op `mul`")
+    // (With several replicas on PostgreSQL the reason adds that no other
+    // replica has claimed it.)
+    assert!(
+        view.waiting_for
+            .as_deref()
+            .is_some_and(|why| why.starts_with("no live worker offers op `mul`")),
+        "{view:?}"
     );
 
     let cancelled = system

@@ -8,6 +8,11 @@
 //! registers again once draining. Against the exercise's planner, which has
 //! no `POST /workers`, it falls back to `POST /register {"url","id"}` once.
 //!
+//! With several planner replicas behind one Service, the registration's
+//! answer names the replica that took it (`heartbeat_to`): heartbeats and the
+//! deregistration go there, and when that replica stops answering the
+//! worker registers again through `PLANNER`, landing on a live one.
+//!
 //! It also keeps the worker's readiness: registered with a planner that
 //! answers its heartbeats.
 
@@ -35,6 +40,8 @@ pub struct Registrar {
     /// Where readiness is kept (`set_registered`).
     pub executor: Arc<Executor>,
     pub heartbeat: Duration,
+    /// The replica that registered this worker, when the planner named one.
+    pub heartbeat_to: std::sync::Mutex<Option<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,7 +150,12 @@ impl Registrar {
                 // Unreachable: not able to take tasks, so not ready (the
                 // probe's failure threshold rides out a short blip).
                 self.executor.set_registered(false);
-                tracing::debug!(error = %err, "heartbeat failed; the planner may be restarting")
+                if let Some(replica) = self.take_replica() {
+                    tracing::warn!(%replica, error = %err, "the planner replica that registered this worker is not answering; registering again through the planner's address");
+                    self.register_until_accepted(drain).await;
+                } else {
+                    tracing::debug!(error = %err, "heartbeat failed; the planner may be restarting")
+                }
             }
         }
     }
@@ -174,8 +186,25 @@ impl Registrar {
         }
     }
 
+    /// Where heartbeats and the deregistration go: the replica that
+    /// registered this worker, or the planner's address.
+    fn home(&self) -> String {
+        self.heartbeat_to
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_else(|| self.planner.clone())
+    }
+
+    fn take_replica(&self) -> Option<String> {
+        self.heartbeat_to
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
     async fn send_heartbeat(&self) -> Result<StatusCode, reqwest::Error> {
-        let url = format!("{}/workers/{}/heartbeat", self.planner, self.id);
+        let url = format!("{}/workers/{}/heartbeat", self.home(), self.id);
         let response = self.authorized(self.client.post(&url)).send().await?;
         Ok(response.status())
     }
@@ -193,7 +222,16 @@ impl Registrar {
             .send()
             .await?;
         match response.status() {
-            status if status.is_success() => Ok(()),
+            status if status.is_success() => {
+                let answer: serde_json::Value = response.json().await.unwrap_or_default();
+                let replica = answer
+                    .get("heartbeat_to")
+                    .and_then(|v| v.as_str())
+                    .filter(|url| is_http_origin(url))
+                    .map(|url| url.trim_end_matches('/').to_string());
+                *self.heartbeat_to.lock().unwrap_or_else(|p| p.into_inner()) = replica;
+                Ok(())
+            }
             status @ (StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED) => {
                 Err(RegisterError::NoRoute(status))
             }
@@ -229,7 +267,7 @@ impl Registrar {
     /// Best effort: the planner also notices a silent worker by its missed
     /// heartbeats.
     pub async fn deregister(&self) {
-        let url = format!("{}/workers/{}", self.planner, self.id);
+        let url = format!("{}/workers/{}", self.home(), self.id);
         let request = self
             .authorized(self.client.delete(&url))
             .timeout(Duration::from_secs(2));
@@ -242,4 +280,15 @@ impl Registrar {
     fn authorized(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         request.headers(self.token.headers())
     }
+}
+
+/// A replica's address as the planner names it: `http(s)://host[:port]`.
+fn is_http_origin(url: &str) -> bool {
+    reqwest::Url::parse(url).is_ok_and(|u| {
+        matches!(u.scheme(), "http" | "https")
+            && u.host().is_some()
+            && u.path() == "/"
+            && u.query().is_none()
+            && u.username().is_empty()
+    })
 }

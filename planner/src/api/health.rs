@@ -11,12 +11,18 @@ pub async fn live() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-#[utoipa::path(get, path = "/readyz", tag = "observe", responses((status = 200, description = "Ready to accept tasks", body = Object), (status = 503, description = "Stopping: send new work elsewhere", body = Object)))]
+#[utoipa::path(get, path = "/readyz", tag = "observe", responses((status = 200, description = "Ready to accept tasks", body = Object), (status = 503, description = "Stopping, or (several replicas) this replica lost its lease on the shared store: send new work elsewhere", body = Object)))]
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     if state.stopping.is_cancelled() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "stopping"})),
+        );
+    }
+    if !state.planner.is_healthy() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "no lease: the shared store is not answering"})),
         );
     }
     (

@@ -208,7 +208,12 @@ pub async fn list(
         before: query.before,
         since_ms: query.since_ms,
     };
-    Ok(Json(state.planner.page(&filter, limit)))
+    state
+        .planner
+        .page(&filter, limit)
+        .await
+        .map(Json)
+        .map_err(ApiError::internal)
 }
 
 fn parse_ids(list: &str) -> Result<Vec<TaskId>, ApiError> {
@@ -283,13 +288,21 @@ pub async fn cancel_many(
         .map_err(|err| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, err.to_string()))
 }
 
-#[utoipa::path(delete, path = "/tasks/{id}", tag = "tasks", params(("id" = u64, Path, description = "Task id")), responses((status = 200, description = "Cancelled", body = wire::planner::TaskView), (status = 404, description = "No such task", body = wire::ErrorBody), (status = 409, description = "The task is running or finished", body = wire::ErrorBody)))]
+#[utoipa::path(delete, path = "/tasks/{id}", tag = "tasks", params(("id" = u64, Path, description = "Task id")), responses((status = 200, description = "Cancelled", body = wire::planner::TaskView), (status = 404, description = "No such task", body = wire::ErrorBody), (status = 409, description = "The task is running or finished", body = wire::ErrorBody), (status = 503, description = "The shared store could not be reached", body = wire::ErrorBody)))]
 pub async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<TaskId>,
 ) -> Result<Json<TaskView>, ApiError> {
-    state.planner.cancel(id).map(Json).map_err(|err| match err {
-        CancelError::NotFound => ApiError::not_found(format!("no task {id}")),
-        CancelError::NotQueued(_) => ApiError::new(StatusCode::CONFLICT, err.to_string()),
-    })
+    state
+        .planner
+        .cancel(id)
+        .await
+        .map(Json)
+        .map_err(|err| match err {
+            CancelError::NotFound => ApiError::not_found(format!("no task {id}")),
+            CancelError::NotQueued(_) => ApiError::new(StatusCode::CONFLICT, err.to_string()),
+            CancelError::Store(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, err.to_string())
+            }
+        })
 }

@@ -25,7 +25,11 @@ pub async fn register(
         .planner
         .register(registration)
         .map_err(|taken| ApiError::new(StatusCode::CONFLICT, taken.to_string()))?;
-    Ok(Json(json!({"registered": id})))
+    // With several replicas, the worker's heartbeats must reach this one.
+    Ok(Json(match state.planner.advertised() {
+        Some(url) => json!({"registered": id, "heartbeat_to": url}),
+        None => json!({"registered": id}),
+    }))
 }
 
 fn validate(registration: &Registration, listening: SocketAddr) -> Result<(), ApiError> {

@@ -11,6 +11,7 @@
 
 mod answers;
 mod bulk;
+mod demand;
 mod matching;
 mod membership;
 mod tasks;

@@ -13,6 +13,8 @@ pub enum CancelError {
     NotFound,
     #[error("the task is {}, only queued tasks can be cancelled", .0.as_str())]
     NotQueued(TaskStatus),
+    #[error("the store could not be reached: {0}")]
+    Store(String),
 }
 
 impl Board {
@@ -52,6 +54,15 @@ impl Board {
             task.op,
             ids.join(", ")
         ))
+    }
+
+    /// Why a task queued in a shared store (not on this board) is not
+    /// moving, if no worker here could take it.
+    pub fn unclaimed_reason(&self, op: &str) -> Option<String> {
+        let capable = self.workers.values().any(|w| !w.leaving && w.offers(op));
+        (!capable).then(|| {
+            format!("no live worker offers op `{op}` on this replica, and no other replica has claimed it")
+        })
     }
 
     /// The arity a live worker advertises for `op`, if any does.

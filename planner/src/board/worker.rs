@@ -76,6 +76,18 @@ impl Worker {
         }
     }
 
+    /// The ops it offers.
+    pub fn offered(&self) -> Vec<&str> {
+        match &self.ops {
+            Some(ops) => ops.keys().map(String::as_str).collect(),
+            None => LEGACY_OPS
+                .iter()
+                .copied()
+                .filter(|op| !self.lacks.contains(*op))
+                .collect(),
+        }
+    }
+
     /// How many ops it offers: fewer means more specialized.
     pub fn breadth(&self) -> usize {
         match &self.ops {

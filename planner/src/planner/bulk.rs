@@ -34,13 +34,32 @@ impl Planner {
         Ok(views)
     }
 
-    pub fn page(&self, filter: &TaskFilter, limit: usize) -> Vec<TaskView> {
-        self.board().page(filter, limit)
+    /// A page of the task list, newest first. With a shared store, from
+    /// the database (every replica's tasks), with this replica's own state
+    /// for the tasks it holds.
+    pub async fn page(
+        &self,
+        filter: &TaskFilter,
+        limit: usize,
+    ) -> Result<Vec<TaskView>, StoreError> {
+        let Some(pg) = self.store.shared() else {
+            return Ok(self.board().page(filter, limit));
+        };
+        let tasks = pg.page(filter, limit).await?;
+        let board = self.board();
+        Ok(tasks
+            .into_iter()
+            .map(|t| board.view(t.id).unwrap_or_else(|| t.view(None)))
+            .collect())
     }
 
     /// Cancels queued tasks in one board operation; waiters, the event
     /// stream and the store hear about each, as for a single cancel.
     pub async fn cancel_many(&self, target: CancelTarget<'_>) -> Result<CancelReport, StoreError> {
+        let (target_ids, target_op) = match &target {
+            CancelTarget::Ids(ids) => (Some(*ids), None),
+            CancelTarget::Queued { op } => (None, *op),
+        };
         let (finished, not_found, mut not_queued) = match target {
             CancelTarget::Ids(ids) => {
                 let cancelled = self.board().cancel_ids(ids);
@@ -52,6 +71,23 @@ impl Planner {
             }
             CancelTarget::Queued { op } => (self.board().cancel_queued(op), Vec::new(), Vec::new()),
         };
+        let mut not_found = not_found;
+        // With a shared store, queued tasks no replica has claimed yet are
+        // only in the database.
+        let mut elsewhere = Vec::new();
+        if let Some(pg) = self.store.shared() {
+            let now = serve::now_ms();
+            elsewhere = match &target_ids {
+                Some(_) if not_found.is_empty() => Vec::new(),
+                Some(_) => {
+                    pg.cancel_unclaimed_many(Some(&not_found), None, now)
+                        .await?
+                }
+                None => pg.cancel_unclaimed_many(None, target_op, now).await?,
+            };
+            let gone: std::collections::HashSet<TaskId> = elsewhere.iter().map(|t| t.id).collect();
+            not_found.retain(|id| !gone.contains(id));
+        }
         // Tasks that left memory are finished ones, still in the store.
         let mut unknown = Vec::new();
         for id in not_found {
@@ -61,10 +97,13 @@ impl Planner {
             }
         }
         let report = CancelReport {
-            cancelled: finished.len() as u64,
+            cancelled: (finished.len() + elsewhere.len()) as u64,
             not_found: unknown,
             not_queued,
         };
+        for task in &elsewhere {
+            self.answer_waiters(task);
+        }
         self.apply(Effects {
             finished,
             ..Effects::default()

@@ -11,12 +11,14 @@
 
 mod bulk;
 mod push;
+mod replicas;
 mod rollout;
 mod tasks;
 mod workers;
 
 pub use bulk::CancelTarget;
 pub use push::Pusher;
+pub use replicas::Replica;
 pub use rollout::ModuleError;
 pub use tasks::{MAX_ARGS, SubmitError};
 
@@ -50,6 +52,8 @@ pub struct Planner {
     modules: Modules,
     pusher: Pusher,
     events: Events,
+    /// Set when the store is shared with other replicas (PostgreSQL).
+    replica: Option<Replica>,
 }
 
 /// What a planner is made of, for [`Planner::new`].
@@ -60,6 +64,7 @@ pub struct Parts {
     pub limits: Limits,
     pub modules: Modules,
     pub pusher: Pusher,
+    pub replica: Option<Replica>,
 }
 
 impl Planner {
@@ -71,6 +76,7 @@ impl Planner {
             limits,
             modules,
             pusher,
+            replica,
         } = parts;
         Arc::new(Self {
             board: Mutex::new(board),
@@ -82,6 +88,7 @@ impl Planner {
             limits,
             gaps: crate::latency::Recorder::default(),
             events: Events::default(),
+            replica,
         })
     }
 
@@ -127,6 +134,13 @@ impl Planner {
                 planner.settle(&assignment, answer);
             });
         }
+        self.slots_freed();
+    }
+
+    /// Whether this planner can take work: always, unless it shares its
+    /// store with other replicas and has lost its lease.
+    pub fn is_healthy(&self) -> bool {
+        self.replica.as_ref().is_none_or(Replica::is_healthy)
     }
 
     fn settle(self: &Arc<Self>, assignment: &Assignment, answer: crate::board::Answer) {
@@ -159,19 +173,29 @@ impl Planner {
         if effects.finished.is_empty() {
             return;
         }
-        let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        self.finished_shared(effects.finished.len());
         for task in effects.finished {
-            if let Some(list) = waiters.remove(&task.id) {
-                let view = task.view(None);
-                for waiter in list {
-                    let _ = waiter.send(view.clone());
-                }
-            }
-            if self.events.active() {
-                self.events.publish(Event::Task(task.view(None)));
-            }
+            self.answer_waiters(&task);
             telemetry::finished(&task);
             self.store.finished(task);
+        }
+    }
+
+    /// Tells whoever waits for `task` (and the event stream) that it ended.
+    fn answer_waiters(&self, task: &crate::task::Task) {
+        let list = self
+            .waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&task.id);
+        if let Some(list) = list {
+            let view = task.view(None);
+            for waiter in list {
+                let _ = waiter.send(view.clone());
+            }
+        }
+        if self.events.active() {
+            self.events.publish(Event::Task(task.view(None)));
         }
     }
 

@@ -38,7 +38,10 @@ impl Planner {
             return Err(SubmitError::Invalid("no tasks in the submission".into()));
         }
         self.validate(&new)?;
-        if self.board().queued() + new.len() > self.limits.queue {
+        let queued = self
+            .queued_shared()
+            .unwrap_or_else(|| self.board().queued());
+        if queued + new.len() > self.limits.queue {
             return Err(SubmitError::QueueFull {
                 limit: self.limits.queue,
             });
@@ -65,11 +68,16 @@ impl Planner {
         for task in &tasks {
             telemetry::submitted(&task.op);
         }
-        self.board().insert(tasks);
         for view in queued {
             self.events.publish(Event::Task(view));
         }
-        self.pump();
+        if self.replica.is_some() {
+            // In the database for whichever replica claims it first.
+            self.submitted_shared(tasks.len());
+        } else {
+            self.board().insert(tasks);
+            self.pump();
+        }
         Ok((ids, receivers))
     }
 
@@ -119,11 +127,33 @@ impl Planner {
         if let Some(view) = on_board {
             return Ok(Some(view));
         }
-        Ok(self.store.get(id).await?.map(|t| t.view(None)))
+        let Some(task) = self.store.get(id).await? else {
+            return Ok(None);
+        };
+        let waiting_for = (task.status == wire::planner::TaskStatus::Queued)
+            .then(|| self.board().unclaimed_reason(&task.op))
+            .flatten();
+        Ok(Some(task.view(waiting_for)))
     }
 
-    pub fn cancel(&self, id: TaskId) -> Result<TaskView, CancelError> {
-        let cancelled = self.board().cancel(id)?;
+    pub async fn cancel(&self, id: TaskId) -> Result<TaskView, CancelError> {
+        let on_board = self.board().cancel(id);
+        let cancelled = match on_board {
+            Err(CancelError::NotFound) if self.replica.is_some() => {
+                let Some(pg) = self.store.shared() else {
+                    return Err(CancelError::NotFound);
+                };
+                // Not held here: cancel it in the database if no replica
+                // has claimed it yet.
+                let cancelled = pg
+                    .cancel_unclaimed(id, serve::now_ms())
+                    .await
+                    .map_err(|e| CancelError::Store(e.to_string()))??;
+                self.answer_waiters(&cancelled);
+                return Ok(cancelled.view(None));
+            }
+            other => other?,
+        };
         let view = cancelled.view(None);
         self.apply(Effects {
             finished: vec![cancelled],

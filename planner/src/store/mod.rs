@@ -211,6 +211,11 @@ impl Store {
         Ok((store, recovered))
     }
 
+    /// The PostgreSQL store, shared with other replicas, if that is the kind.
+    pub fn shared(&self) -> Option<&postgres::PgStore> {
+        self.postgres.as_ref()
+    }
+
     pub fn is_durable(&self) -> bool {
         self.writer.is_some() || self.postgres.is_some()
     }

@@ -1,0 +1,95 @@
+//! What this replica can take from a shared queue (PostgreSQL store with
+//! several replicas): the free slots of its workers, per op, less what is
+//! already waiting on its board; and giving back what it cannot run.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use wire::TaskId;
+use wire::planner::TaskStatus;
+
+use super::Board;
+use crate::store::postgres::Demand;
+
+impl Board {
+    /// Per op, the free slots of live workers that offer it, less the tasks
+    /// of that op already queued here; overall, the free slots less every
+    /// task queued here.
+    pub fn demand(&self, now: Instant) -> Demand {
+        let mut per_op: BTreeMap<&str, i64> = BTreeMap::new();
+        let mut total: i64 = 0;
+        for worker in self.workers.values() {
+            let free = i64::from(worker.free_slots(now));
+            if free == 0 {
+                continue;
+            }
+            total += free;
+            for op in worker.offered() {
+                *per_op.entry(op).or_default() += free;
+            }
+        }
+        total -= self.queued as i64;
+        let mut demand = Demand {
+            ops: Vec::new(),
+            per_op: Vec::new(),
+            total: total.max(0),
+        };
+        for (op, free) in per_op {
+            let waiting = self.queues.get(op).map_or(0, |q| q.len() as i64);
+            let wanted = (free - waiting).min(demand.total);
+            if wanted > 0 {
+                demand.ops.push(op.to_string());
+                demand.per_op.push(wanted);
+            }
+        }
+        demand
+    }
+
+    /// Takes off the board the queued tasks that no live worker here offers
+    /// the op of (their workers left or died), for another replica to run.
+    /// Each with its attempt count, which goes back with it.
+    pub fn take_orphans(&mut self) -> Vec<(TaskId, u32)> {
+        let orphaned: Vec<_> = self
+            .queues
+            .iter()
+            .filter(|(op, queue)| {
+                !queue.is_empty() && !self.workers.values().any(|w| !w.leaving && w.offers(op))
+            })
+            .map(|(op, _)| op.clone())
+            .collect();
+        let mut taken = Vec::new();
+        for op in orphaned {
+            let Some(queue) = self.queues.remove(&op) else {
+                continue;
+            };
+            for id in queue {
+                if let Some(task) = self.tasks.remove(&id) {
+                    self.queued -= 1;
+                    self.count(&op, TaskStatus::Queued, -1);
+                    taken.push((id, task.attempts));
+                }
+            }
+        }
+        taken
+    }
+
+    /// Forgets every unfinished task: this replica was presumed dead and its
+    /// tasks now belong to others. Answers still in flight are ignored when
+    /// they come back (their tasks are gone).
+    pub fn forget_unfinished(&mut self) -> Vec<TaskId> {
+        let unfinished: Vec<TaskId> = self
+            .tasks
+            .values()
+            .filter(|t| !t.status.is_final())
+            .map(|t| t.id)
+            .collect();
+        for id in &unfinished {
+            if let Some(task) = self.tasks.remove(id) {
+                self.count(&task.op, task.status, -1);
+            }
+        }
+        self.queues.clear();
+        self.queued = 0;
+        unfinished
+    }
+}

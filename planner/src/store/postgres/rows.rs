@@ -1,0 +1,60 @@
+//! Mapping `tasks` rows to the planner's [`Task`].
+
+use tokio_postgres::Row;
+use wire::Output;
+use wire::planner::TaskStatus;
+
+use crate::task::Task;
+
+/// The columns [`to_task`] reads, in its order.
+pub const COLUMNS: &str = "id, op, args::text, status, result, error, worker, digest, attempts, submitted_at_ms, started_at_ms, finished_at_ms";
+
+/// The statuses a task is unfinished in, as SQL.
+pub const UNFINISHED: &str = "('queued', 'running')";
+
+pub fn status(name: &str) -> TaskStatus {
+    match name {
+        "done" => TaskStatus::Done,
+        "failed" => TaskStatus::Failed,
+        "cancelled" => TaskStatus::Cancelled,
+        "running" => TaskStatus::Running,
+        _ => TaskStatus::Queued,
+    }
+}
+
+pub fn to_task(row: &Row) -> Result<Task, tokio_postgres::Error> {
+    to_task_at(row, 0)
+}
+
+/// [`COLUMNS`] starting at column `at`.
+pub fn to_task_at(row: &Row, at: usize) -> Result<Task, tokio_postgres::Error> {
+    let args: String = row.try_get(at + 2)?;
+    let status = status(row.try_get::<_, &str>(at + 3)?);
+    let result: Option<i64> = row.try_get(at + 4)?;
+    let error: Option<String> = row.try_get(at + 5)?;
+    let output = match (result, error) {
+        (Some(v), _) => Some(Output::Result(v)),
+        (None, Some(e)) => Some(Output::Error(e)),
+        _ => None,
+    };
+    Ok(Task {
+        id: row.try_get::<_, i64>(at)? as u64,
+        op: row.try_get::<_, String>(at + 1)?.into(),
+        args: serde_json::from_str::<Vec<i64>>(&args)
+            .unwrap_or_default()
+            .into(),
+        status,
+        output,
+        worker: row.try_get::<_, Option<String>>(at + 6)?.map(Into::into),
+        digest: row.try_get::<_, Option<String>>(at + 7)?.map(Into::into),
+        attempts: row.try_get::<_, i32>(at + 8)? as u32,
+        submitted_at_ms: row.try_get::<_, i64>(at + 9)? as u64,
+        started_at_ms: row.try_get::<_, Option<i64>>(at + 10)?.map(|v| v as u64),
+        finished_at_ms: row.try_get::<_, Option<i64>>(at + 11)?.map(|v| v as u64),
+        dispatch: None,
+    })
+}
+
+pub fn to_tasks(rows: &[Row]) -> Result<Vec<Task>, tokio_postgres::Error> {
+    rows.iter().map(to_task).collect()
+}

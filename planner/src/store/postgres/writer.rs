@@ -1,0 +1,225 @@
+//! The one writer: group-commits submissions, results and attempt counts.
+//!
+//! Submissions are acknowledged after their commit; whatever queued up while
+//! the previous transaction ran goes into the next one, as one `INSERT ...
+//! SELECT FROM unnest(...)` per batch. Results are written behind, and only
+//! under the claim this replica holds (`owner = $me AND claim = ..`): a
+//! result of a task that was given to another replica meanwhile is dropped,
+//! so each task is recorded once. A failed write of results is retried until
+//! it lands, so nothing acknowledged is lost while the database is away.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use tokio::sync::mpsc;
+use wire::{Output, TaskId};
+
+use super::claims::Claims;
+use super::{PgError, Write};
+use crate::task::Task;
+
+/// Most writes in one transaction.
+const MAX_BATCH: usize = 8192;
+
+pub async fn write_loop(
+    pool: Pool,
+    owner: std::sync::Arc<str>,
+    claims: Claims,
+    mut rx: mpsc::UnboundedReceiver<Write>,
+) {
+    // Results and attempt counts whose commit failed: retried first.
+    let mut pending: Vec<Write> = Vec::new();
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let mut batch = std::mem::take(&mut pending);
+        if batch.is_empty() {
+            match rx.recv().await {
+                Some(write) => batch.push(write),
+                None => return,
+            }
+        }
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(write) => batch.push(write),
+                Err(_) => break,
+            }
+        }
+        let result = apply(&pool, &owner, &claims, &batch)
+            .await
+            .map_err(|e| e.to_string());
+        if let Err(err) = &result {
+            tracing::error!(error = %err, writes = batch.len(), "store commit failed; results are retried");
+        }
+        for write in batch {
+            match write {
+                Write::Insert(_, ack) => {
+                    let _ = ack.send(result.clone());
+                }
+                Write::Flush(ack) => {
+                    let _ = ack.send(());
+                }
+                Write::Finished(task) => {
+                    if result.is_err() {
+                        pending.push(Write::Finished(task));
+                    } else {
+                        claims.forget(task.id);
+                    }
+                }
+                write @ Write::Attempts(..) => {
+                    if result.is_err() {
+                        pending.push(write);
+                    }
+                }
+            }
+        }
+        if result.is_err() {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        } else {
+            backoff = Duration::from_millis(50);
+        }
+    }
+}
+
+/// One transaction for a batch: inserts, then attempt counts, then results;
+/// then a wake-up for the other replicas (a hint: they poll as well).
+async fn apply(pool: &Pool, owner: &str, claims: &Claims, batch: &[Write]) -> Result<(), PgError> {
+    let mut insert = Inserts::default();
+    let mut attempts: HashMap<TaskId, u32> = HashMap::new();
+    let mut finished: HashMap<TaskId, &Task> = HashMap::new();
+    for write in batch {
+        match write {
+            Write::Insert(tasks, _) => {
+                for t in tasks {
+                    insert.push(t);
+                }
+            }
+            Write::Attempts(id, n) => {
+                let seen = attempts.entry(*id).or_default();
+                *seen = (*seen).max(*n);
+            }
+            Write::Finished(t) => {
+                finished.insert(t.id, t);
+            }
+            Write::Flush(_) => {}
+        }
+    }
+    if insert.ids.is_empty() && attempts.is_empty() && finished.is_empty() {
+        return Ok(());
+    }
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    if !insert.ids.is_empty() {
+        tx.execute(
+            "INSERT INTO tasks (id, op, args, status, attempts, submitted_at_ms)
+             SELECT id, op, args::jsonb, 'queued', 0, submitted_at_ms
+             FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[]) AS t(id, op, args, submitted_at_ms)",
+            &[&insert.ids, &insert.ops, &insert.args, &insert.submitted],
+        )
+        .await?;
+        tx.execute("SELECT pg_notify('tasks_queued', '')", &[])
+            .await?;
+    }
+    if !attempts.is_empty() {
+        let mut ids = Vec::with_capacity(attempts.len());
+        let mut counts = Vec::with_capacity(attempts.len());
+        let mut held = Vec::with_capacity(attempts.len());
+        for (id, n) in &attempts {
+            ids.push(*id as i64);
+            counts.push(*n as i32);
+            held.push(claims.of(*id));
+        }
+        tx.execute(
+            "UPDATE tasks SET attempts = a.n FROM unnest($1::bigint[], $2::int[], $3::bigint[]) AS a(id, n, claim)
+             WHERE tasks.id = a.id AND tasks.owner = $4 AND tasks.claim = a.claim
+               AND tasks.status IN ('queued', 'running')",
+            &[&ids, &counts, &held, &owner],
+        )
+        .await?;
+    }
+    if !finished.is_empty() {
+        let mut r = Results::default();
+        for t in finished.values() {
+            r.push(t, claims.of(t.id));
+        }
+        let recorded = tx
+            .execute(
+                "UPDATE tasks SET status = f.status, result = f.result, error = f.error, worker = f.worker,
+                     digest = f.digest, attempts = f.attempts, started_at_ms = f.started,
+                     finished_at_ms = f.finished, owner = NULL
+                 FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[],
+                             $7::int[], $8::bigint[], $9::bigint[], $10::bigint[])
+                      AS f(id, status, result, error, worker, digest, attempts, started, finished, claim)
+                 WHERE tasks.id = f.id AND tasks.owner = $11 AND tasks.claim = f.claim
+                   AND tasks.status IN ('queued', 'running')",
+                &[
+                    &r.ids, &r.status, &r.result, &r.error, &r.worker, &r.digest, &r.attempts,
+                    &r.started, &r.finished, &r.claims, &owner,
+                ],
+            )
+            .await?;
+        if recorded < r.ids.len() as u64 {
+            tracing::info!(
+                dropped = r.ids.len() as u64 - recorded,
+                "results of tasks this replica no longer holds were not recorded (another replica has them, or they were cancelled)"
+            );
+        }
+        tx.execute("SELECT pg_notify('tasks_finished', '')", &[])
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+#[derive(Default)]
+struct Inserts {
+    ids: Vec<i64>,
+    ops: Vec<String>,
+    args: Vec<String>,
+    submitted: Vec<i64>,
+}
+
+impl Inserts {
+    fn push(&mut self, t: &Task) {
+        self.ids.push(t.id as i64);
+        self.ops.push(t.op.to_string());
+        self.args
+            .push(serde_json::to_string(&*t.args).unwrap_or_else(|_| "[]".into()));
+        self.submitted.push(t.submitted_at_ms as i64);
+    }
+}
+
+#[derive(Default)]
+struct Results {
+    ids: Vec<i64>,
+    status: Vec<String>,
+    result: Vec<Option<i64>>,
+    error: Vec<Option<String>>,
+    worker: Vec<Option<String>>,
+    digest: Vec<Option<String>>,
+    attempts: Vec<i32>,
+    started: Vec<Option<i64>>,
+    finished: Vec<Option<i64>>,
+    claims: Vec<i64>,
+}
+
+impl Results {
+    fn push(&mut self, t: &Task, claim: i64) {
+        let (result, error) = match &t.output {
+            Some(Output::Result(v)) => (Some(*v), None),
+            Some(Output::Error(e)) => (None, Some(e.clone())),
+            None => (None, None),
+        };
+        self.ids.push(t.id as i64);
+        self.status.push(t.status.as_str().to_string());
+        self.result.push(result);
+        self.error.push(error);
+        self.worker.push(t.worker.as_deref().map(str::to_string));
+        self.digest.push(t.digest.as_deref().map(str::to_string));
+        self.attempts.push(t.attempts as i32);
+        self.started.push(t.started_at_ms.map(|v| v as i64));
+        self.finished.push(t.finished_at_ms.map(|v| v as i64));
+        self.claims.push(claim);
+    }
+}

@@ -1,0 +1,348 @@
+//! Several planner replicas on one PostgreSQL database (issue #11): any
+//! replica answers for any task, a replica killed mid-work loses nothing
+//! acknowledged, and replicas racing for one queue record each task once.
+//! The database is a throwaway cluster (see `e2e::postgres`); a `Front`
+//! stands in for the Kubernetes Service in front of the replicas.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use e2e::front::Front;
+use e2e::postgres::{self, psql};
+use e2e::{expected, planner_command, poll, worker_command};
+use launcher::process::Service;
+use serde_json::{Value, json};
+use wire::TaskId;
+use wire::planner::{TaskStatus, TaskView, WorkerView};
+
+const TOKEN: &str = "replicas-test-token";
+
+struct Replicas {
+    dir: tempfile::TempDir,
+    db: postgres::Database,
+    planners: Vec<Service>,
+    workers: Vec<Service>,
+    client: reqwest::Client,
+}
+
+impl Replicas {
+    async fn start(n: usize) -> Result<Self> {
+        let db = postgres::database().await?;
+        let dir = tempfile::Builder::new().prefix("replicas-").tempdir()?;
+        let mut planners = Vec::new();
+        for i in 1..=n {
+            let mut cmd = planner_command()?;
+            cmd.env("PORT", "0")
+                .env("BIND", "127.0.0.1")
+                .env("STORE", "postgres")
+                .env("DATABASE_URL", &db.url)
+                .env("TOKEN", TOKEN)
+                .env("DATA_DIR", dir.path().join(format!("p{i}-data")))
+                .env("REPLICA_LEASE_MS", "1000")
+                .env("HEARTBEAT_TIMEOUT_MS", "1000");
+            let log = dir.path().join(format!("p{i}.log"));
+            planners.push(Service::start(&format!("p{i}"), cmd, &log).await?);
+        }
+        let system = Self {
+            dir,
+            db,
+            planners,
+            workers: Vec::new(),
+            client: reqwest::Client::new(),
+        };
+        for planner in &system.planners {
+            let ready = format!("{}/readyz", planner.url());
+            poll(Duration::from_secs(60), "every replica ready", || async {
+                let status = reqwest::get(&ready).await.ok()?.status();
+                status.is_success().then_some(())
+            })
+            .await?;
+        }
+        Ok(system)
+    }
+
+    async fn add_worker(&mut self, id: &str, planner: &str, env: &[(&str, &str)]) -> Result<()> {
+        let mut cmd = worker_command()?;
+        cmd.env("PORT", "0")
+            .env("BIND", "127.0.0.1")
+            .env("PLANNER", planner)
+            .env("WORKER_ID", id)
+            .env("TOKEN", TOKEN)
+            .env("HEARTBEAT_MS", "200");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let log = self.dir.path().join(format!("{id}.log"));
+        self.workers.push(Service::start(id, cmd, &log).await?);
+        Ok(())
+    }
+
+    /// The workers each live replica has registered.
+    async fn registered(&self, planners: &[&Service]) -> Result<Vec<Vec<WorkerView>>> {
+        let mut all = Vec::new();
+        for planner in planners {
+            let workers: Vec<WorkerView> = self
+                .client
+                .get(format!("{}/workers", planner.url()))
+                .send()
+                .await?
+                .json()
+                .await?;
+            all.push(workers);
+        }
+        Ok(all)
+    }
+
+    async fn submit(&self, planner: &str, tasks: &Value) -> Result<Vec<TaskId>> {
+        submit(&self.client, planner, tasks).await
+    }
+
+    async fn task(&self, planner: &str, id: TaskId) -> Result<TaskView> {
+        Ok(self
+            .client
+            .get(format!("{planner}/tasks/{id}"))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
+    }
+}
+
+async fn submit(client: &reqwest::Client, planner: &str, tasks: &Value) -> Result<Vec<TaskId>> {
+    let response = client
+        .post(format!("{planner}/tasks"))
+        .json(tasks)
+        .send()
+        .await?;
+    let status = response.status();
+    let body: Value = response.json().await?;
+    ensure!(
+        status.as_u16() == 202,
+        "submission answered {status}: {body}"
+    );
+    body["ids"]
+        .as_array()
+        .context("ids")?
+        .iter()
+        .map(|v| v.as_u64().context("id"))
+        .collect()
+}
+
+fn batch(n: usize, seed: i64) -> Value {
+    Value::Array(
+        (0..n as i64)
+            .map(|i| {
+                let op = if i % 2 == 0 { "add" } else { "mul" };
+                json!({"op": op, "args": [seed + i, i % 7]})
+            })
+            .collect(),
+    )
+}
+
+fn args_of(view: &TaskView) -> Vec<i64> {
+    view.args.clone()
+}
+
+#[tokio::test]
+async fn a_task_submitted_to_one_replica_is_run_by_another_and_answered_to_its_waiter() -> Result<()>
+{
+    let mut system = Replicas::start(2).await?;
+    let (a, b) = (system.planners[0].url(), system.planners[1].url());
+    // Only B has a worker.
+    system.add_worker("w1", &b, &[("OPS", "add,mul")]).await?;
+    poll(Duration::from_secs(20), "w1 registered with B", || async {
+        let views = system.registered(&[&system.planners[1]]).await.ok()?;
+        (views[0].len() == 1).then_some(())
+    })
+    .await?;
+    let answer: TaskView = system
+        .client
+        .post(format!("{a}/tasks?wait=true"))
+        .json(&json!({"op": "mul", "args": [6, 7]}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(answer.status, TaskStatus::Done, "{answer:?}");
+    assert_eq!(answer.result, Some(42));
+    assert_eq!(answer.worker.as_deref(), Some("w1"));
+    // Either replica answers for it.
+    assert_eq!(system.task(&b, answer.id).await?.result, Some(42));
+    // An op nobody runs stays queued, and is cancelled through either replica.
+    let stuck = system
+        .submit(&a, &json!({"op": "pow", "args": [2, 3]}))
+        .await?;
+    let cancelled = system
+        .client
+        .delete(format!("{b}/tasks/{}", stuck[0]))
+        .send()
+        .await?;
+    assert_eq!(cancelled.status().as_u16(), 200);
+    assert_eq!(
+        system.task(&a, stuck[0]).await?.status,
+        TaskStatus::Cancelled
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn replicas_racing_for_one_queue_run_and_record_each_task_once() -> Result<()> {
+    let mut system = Replicas::start(3).await?;
+    let urls: Vec<String> = system.planners.iter().map(Service::url).collect();
+    // Two workers registered with each replica, two slots each.
+    for (i, url) in urls.iter().enumerate() {
+        for j in 1..=2 {
+            let id = format!("w{i}-{j}");
+            system
+                .add_worker(&id, url, &[("OPS", "add,mul"), ("SLOTS", "2")])
+                .await?;
+        }
+    }
+    let planners: Vec<&Service> = system.planners.iter().collect();
+    poll(
+        Duration::from_secs(20),
+        "two workers on each replica",
+        || async {
+            let views = system.registered(&planners).await.ok()?;
+            views.iter().all(|v| v.len() == 2).then_some(())
+        },
+    )
+    .await?;
+    // 3,000 tasks submitted to the three replicas at once.
+    let mut submissions = tokio::task::JoinSet::new();
+    for (i, url) in urls.iter().enumerate() {
+        for k in 0..5 {
+            let (client, url) = (system.client.clone(), url.clone());
+            let tasks = batch(200, (i * 5 + k) as i64 * 1000);
+            submissions.spawn(async move { submit(&client, &url, &tasks).await });
+        }
+    }
+    let mut ids = Vec::new();
+    while let Some(submitted) = submissions.join_next().await {
+        ids.extend(submitted??);
+    }
+    assert_eq!(ids.len(), 3000);
+    let total = ids.len().to_string();
+    poll(Duration::from_secs(120), "every task finished", || async {
+        let done = psql(
+            &system.db.url,
+            "SELECT count(*) FROM tasks WHERE status = 'done'",
+        )
+        .await
+        .ok()?;
+        (done == total).then_some(())
+    })
+    .await?;
+    for (n, id) in ids.iter().enumerate() {
+        let view = system.task(&urls[n % 3], *id).await?;
+        assert_eq!(view.status, TaskStatus::Done, "{view:?}");
+        assert_eq!(view.result, expected(&view.op, &args_of(&view)), "{view:?}");
+    }
+    // Each task ran once: the workers' done counts add up to exactly the
+    // tasks, and every replica ran some.
+    let views = system.registered(&planners).await?;
+    let per_replica: Vec<u64> = views
+        .iter()
+        .map(|workers| workers.iter().map(|w| w.done).sum())
+        .collect();
+    assert_eq!(per_replica.iter().sum::<u64>(), 3000, "{per_replica:?}");
+    assert!(per_replica.iter().all(|n| *n > 0), "{per_replica:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_replica_killed_mid_work_loses_nothing_and_its_workers_move_to_the_others() -> Result<()>
+{
+    let mut system = Replicas::start(3).await?;
+    let backends = system.planners.iter().map(|p| p.addr).collect();
+    let front = Front::start(backends).await?;
+    for i in 1..=6 {
+        system
+            .add_worker(
+                &format!("w{i}"),
+                &front.url(),
+                &[("OPS", "add,mul"), ("SLOTS", "2"), ("WORK_MS", "20")],
+            )
+            .await?;
+    }
+    let planners: Vec<&Service> = system.planners.iter().collect();
+    let spread = poll(
+        Duration::from_secs(20),
+        "six workers registered",
+        || async {
+            let views = system.registered(&planners).await.ok()?;
+            (views.iter().map(Vec::len).sum::<usize>() == 6).then_some(views)
+        },
+    )
+    .await?;
+    // The victim: the replica with the most workers (so it surely holds tasks).
+    let victim = (0..3)
+        .max_by_key(|i| spread[*i].len())
+        .context("a replica")?;
+    let mut ids = Vec::new();
+    for k in 0..6 {
+        ids.extend(system.submit(&front.url(), &batch(100, k * 1000)).await?);
+    }
+    let victim_url = system.planners[victim].url();
+    poll(
+        Duration::from_secs(30),
+        "the victim to run tasks",
+        || async {
+            let workers: Vec<WorkerView> = reqwest::get(format!("{victim_url}/workers"))
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (workers.iter().map(|w| w.done).sum::<u64>() >= 10).then_some(())
+        },
+    )
+    .await?;
+    system.planners[victim].kill();
+    let survivors: Vec<&Service> = (0..3)
+        .filter(|i| *i != victim)
+        .map(|i| &system.planners[i])
+        .collect();
+    // Every acknowledged task finishes, answered by any live replica.
+    let total = ids.len().to_string();
+    poll(Duration::from_secs(60), "every task finished", || async {
+        let done = psql(
+            &system.db.url,
+            "SELECT count(*) FROM tasks WHERE status = 'done'",
+        )
+        .await
+        .ok()?;
+        (done == total).then_some(())
+    })
+    .await?;
+    let unique: HashSet<&TaskId> = ids.iter().collect();
+    assert_eq!(unique.len(), 600);
+    for (n, id) in ids.iter().enumerate() {
+        let view = system.task(&survivors[n % 2].url(), *id).await?;
+        assert_eq!(view.status, TaskStatus::Done, "{view:?}");
+        assert_eq!(view.result, expected(&view.op, &args_of(&view)), "{view:?}");
+    }
+    // The victim's workers registered again, with the survivors.
+    poll(
+        Duration::from_secs(20),
+        "all six workers on the survivors",
+        || async {
+            let views = system.registered(&survivors).await.ok()?;
+            (views.iter().map(Vec::len).sum::<usize>() == 6).then_some(())
+        },
+    )
+    .await?;
+    // New work still flows through the Service.
+    let more = system.submit(&front.url(), &batch(50, 99_000)).await?;
+    for id in more {
+        let view = poll(Duration::from_secs(30), "a new task to finish", || async {
+            let view = system.task(&front.url(), id).await.ok()?;
+            view.status.is_final().then_some(view)
+        })
+        .await?;
+        assert_eq!(view.status, TaskStatus::Done, "{view:?}");
+    }
+    Ok(())
+}
