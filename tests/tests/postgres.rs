@@ -128,8 +128,12 @@ async fn a_planner_started_before_its_database_becomes_ready_without_a_restart()
     psql(&cluster.url("postgres"), "CREATE DATABASE late").await?;
     cluster.stop();
     let url = cluster.url("late");
-    let mut system = System::start(&[("STORE", "memory")]).await?;
-    let planner = start_unready(system.dir.path(), "late", &pg_env(&url)).await?;
+    // One token for both planners: the worker registers with the second.
+    let token = "late-planner-token";
+    let mut system = System::start(&[("STORE", "memory"), ("TOKEN", token)]).await?;
+    let mut env = pg_env(&url);
+    env.push(("TOKEN", token));
+    let planner = start_unready(system.dir.path(), "late", &env).await?;
     let ready = format!("{}/readyz", planner.url());
     assert_eq!(status(&ready).await, Some(503));
     let alive = status(&format!("{}/healthz", planner.url())).await;
