@@ -1666,7 +1666,13 @@ fn several_planners_need_postgres_and_roll_without_a_gap() -> Result<()> {
         .context("a database volume")?;
     assert_eq!(database["secret"]["secretName"], "workers-db");
     assert_eq!(database["secret"]["items"][0]["key"], "uri");
-    assert!(file.ends_with(database["secret"]["items"][0]["path"].as_str().unwrap_or("?")));
+    assert!(
+        file.ends_with(
+            database["secret"]["items"][0]["path"]
+                .as_str()
+                .unwrap_or("?")
+        )
+    );
     // No ReadWriteOnce claim that three pods could not share.
     assert!(ha.all("PersistentVolumeClaim").is_empty());
 
@@ -1674,7 +1680,10 @@ fn several_planners_need_postgres_and_roll_without_a_gap() -> Result<()> {
     // PostgreSQL without its Secret.
     let chart = chart_dir().display().to_string();
     for (args, why) in [
-        (vec!["--set", "planner.replicas=2"], "needs planner.store=postgres"),
+        (
+            vec!["--set", "planner.replicas=2"],
+            "needs planner.store=postgres",
+        ),
         (
             vec!["--set", "planner.store=postgres"],
             "needs planner.database.existingSecret",
