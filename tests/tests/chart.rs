@@ -1675,6 +1675,19 @@ fn several_planners_need_postgres_and_roll_without_a_gap() -> Result<()> {
     );
     // No ReadWriteOnce claim that three pods could not share.
     assert!(ha.all("PersistentVolumeClaim").is_empty());
+    // A drain takes one planner at a time.
+    let budget = ha.get("PodDisruptionBudget", "workers-planner")?;
+    assert_eq!(budget["spec"]["maxUnavailable"], 1);
+    assert!(selects(
+        &budget["spec"]["selector"]["matchLabels"],
+        &pod_metadata(planner)["labels"]
+    ));
+    let single = render(RELEASE, &[])?;
+    assert!(
+        single
+            .find("PodDisruptionBudget", "workers-planner")
+            .is_none()
+    );
 
     // Refused at install, with the reason: several planners on SQLite, and
     // PostgreSQL without its Secret.

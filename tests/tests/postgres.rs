@@ -206,3 +206,55 @@ async fn results_survive_a_planner_crash_and_ids_are_never_reused() -> Result<()
     assert!(second[0] > first[0], "{second:?} after {first:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn the_database_going_away_makes_the_planner_unready_and_it_recovers_by_itself() -> Result<()>
+{
+    // Its own cluster: this test stops it.
+    let cluster = Cluster::start().await?;
+    psql(&cluster.url("postgres"), "CREATE DATABASE away").await?;
+    let url = cluster.url("away");
+    let mut system = System::start(&[
+        ("STORE", "postgres"),
+        ("DATABASE_URL", &url),
+        ("TOKEN", "away-token"),
+        ("REPLICA_LEASE_MS", "1000"),
+    ])
+    .await?;
+    system.add_worker("w1", &[]).await?;
+    system.wait_for_workers(1).await?;
+    let before = system
+        .submit_ids(&json!({"op": "add", "args": [1, 2]}))
+        .await?;
+    system.wait_final(&before, Duration::from_secs(30)).await?;
+    let ready = system.url("/readyz");
+    cluster.stop();
+    poll(
+        Duration::from_secs(30),
+        "the planner to turn unready",
+        || async { (status(&ready).await? == 503).then_some(()) },
+    )
+    .await?;
+    let refused = system
+        .client
+        .post(system.url("/tasks"))
+        .json(&json!({"op": "add", "args": [2, 3]}))
+        .send()
+        .await?;
+    assert_eq!(refused.status().as_u16(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    cluster.run().await?;
+    poll(
+        Duration::from_secs(60),
+        "the planner to be ready again",
+        || async { (status(&ready).await? == 200).then_some(()) },
+    )
+    .await?;
+    let after = system
+        .submit_ids(&json!({"op": "add", "args": [20, 22]}))
+        .await?;
+    let views = system.wait_final(&after, Duration::from_secs(30)).await?;
+    assert_eq!(views[0].result, Some(42));
+    assert_eq!(system.task(before[0]).await?.result, Some(3));
+    Ok(())
+}

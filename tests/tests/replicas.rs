@@ -253,8 +253,8 @@ async fn replicas_racing_for_one_queue_run_and_record_each_task_once() -> Result
 }
 
 #[tokio::test]
-async fn a_replica_killed_mid_work_loses_nothing_and_its_workers_move_to_the_others() -> Result<()>
-{
+async fn one_replica_killed_at_30_percent_and_another_rolled_at_60_lose_nothing() -> Result<()> {
+    const TOTAL: usize = 5000;
     let mut system = Replicas::start(3).await?;
     let backends = system.planners.iter().map(|p| p.addr).collect();
     let front = Front::start(backends).await?;
@@ -263,7 +263,7 @@ async fn a_replica_killed_mid_work_loses_nothing_and_its_workers_move_to_the_oth
             .add_worker(
                 &format!("w{i}"),
                 &front.url(),
-                &[("OPS", "add,mul"), ("SLOTS", "2"), ("WORK_MS", "20")],
+                &[("OPS", "add,mul"), ("SLOTS", "2"), ("WORK_MS", "5")],
             )
             .await?;
     }
@@ -281,59 +281,89 @@ async fn a_replica_killed_mid_work_loses_nothing_and_its_workers_move_to_the_oth
     let victim = (0..3)
         .max_by_key(|i| spread[*i].len())
         .context("a replica")?;
+    let rolled = (victim + 1) % 3;
+    // Submitted round-robin to the three replicas, 100 at a time.
+    let urls: Vec<String> = system.planners.iter().map(Service::url).collect();
     let mut ids = Vec::new();
-    for k in 0..6 {
-        ids.extend(system.submit(&front.url(), &batch(100, k * 1000)).await?);
+    for k in 0..TOTAL / 100 {
+        ids.extend(
+            system
+                .submit(&urls[k % 3], &batch(100, k as i64 * 1000))
+                .await?,
+        );
     }
-    let victim_url = system.planners[victim].url();
-    poll(
-        Duration::from_secs(30),
-        "the victim to run tasks",
-        || async {
-            let workers: Vec<WorkerView> = reqwest::get(format!("{victim_url}/workers"))
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
-            (workers.iter().map(|w| w.done).sum::<u64>() >= 10).then_some(())
-        },
-    )
+    let done = |db: String| async move {
+        psql(&db, "SELECT count(*) FROM tasks WHERE status = 'done'")
+            .await
+            .ok()?
+            .parse::<usize>()
+            .ok()
+    };
+    poll(Duration::from_secs(60), "30% done", || async {
+        (done(system.db.url.clone()).await? >= TOTAL * 3 / 10).then_some(())
+    })
     .await?;
     system.planners[victim].kill();
-    let survivors: Vec<&Service> = (0..3)
+    let killed_at = std::time::Instant::now();
+    let survivors_of_kill: Vec<&Service> = (0..3)
         .filter(|i| *i != victim)
         .map(|i| &system.planners[i])
         .collect();
-    // Every acknowledged task finishes, answered by any live replica.
-    let total = ids.len().to_string();
-    poll(Duration::from_secs(60), "every task finished", || async {
-        let done = psql(
-            &system.db.url,
-            "SELECT count(*) FROM tasks WHERE status = 'done'",
-        )
-        .await
-        .ok()?;
-        (done == total).then_some(())
-    })
-    .await?;
-    let unique: HashSet<&TaskId> = ids.iter().collect();
-    assert_eq!(unique.len(), 600);
-    for (n, id) in ids.iter().enumerate() {
-        let view = system.task(&survivors[n % 2].url(), *id).await?;
-        assert_eq!(view.status, TaskStatus::Done, "{view:?}");
-        assert_eq!(view.result, expected(&view.op, &args_of(&view)), "{view:?}");
-    }
-    // The victim's workers registered again, with the survivors.
     poll(
-        Duration::from_secs(20),
-        "all six workers on the survivors",
+        Duration::from_secs(30),
+        "every worker with a live replica",
         || async {
-            let views = system.registered(&survivors).await.ok()?;
+            let views = system.registered(&survivors_of_kill).await.ok()?;
             (views.iter().map(Vec::len).sum::<usize>() == 6).then_some(())
         },
     )
     .await?;
+    println!(
+        "workers of the killed replica registered elsewhere after {} ms",
+        killed_at.elapsed().as_millis()
+    );
+    poll(Duration::from_secs(60), "60% done", || async {
+        (done(system.db.url.clone()).await? >= TOTAL * 6 / 10).then_some(())
+    })
+    .await?;
+    // A rolling restart of another replica: SIGTERM (it hands its tasks
+    // back), then a new process on the same port.
+    let port = system.planners[rolled].addr.port().to_string();
+    let status = system.planners[rolled]
+        .stop(Duration::from_secs(15))
+        .await
+        .context("the rolled replica exited")?;
+    assert!(status.success(), "SIGTERM exit status {status}");
+    let mut cmd = planner_command()?;
+    cmd.env("PORT", &port)
+        .env("BIND", "127.0.0.1")
+        .env("STORE", "postgres")
+        .env("DATABASE_URL", &system.db.url)
+        .env("TOKEN", TOKEN)
+        .env("DATA_DIR", system.dir.path().join("rolled-data"))
+        .env("REPLICA_LEASE_MS", "1000")
+        .env("HEARTBEAT_TIMEOUT_MS", "1000");
+    let log = system.dir.path().join("rolled.log");
+    system.planners[rolled] = Service::start("rolled", cmd, &log).await?;
+    // Every acknowledged task finishes once, with the right result.
+    poll(Duration::from_secs(120), "every task finished", || async {
+        (done(system.db.url.clone()).await? == TOTAL).then_some(())
+    })
+    .await?;
+    let unique: HashSet<&TaskId> = ids.iter().collect();
+    assert_eq!(unique.len(), TOTAL);
+    let wrong = psql(
+        &system.db.url,
+        "SELECT count(*) FROM tasks WHERE status <> 'done' OR result IS NULL",
+    )
+    .await?;
+    assert_eq!(wrong, "0");
+    let live = [&system.planners[(victim + 2) % 3], &system.planners[rolled]];
+    for (n, id) in ids.iter().enumerate().step_by(7) {
+        let view = system.task(&live[n % 2].url(), *id).await?;
+        assert_eq!(view.status, TaskStatus::Done, "{view:?}");
+        assert_eq!(view.result, expected(&view.op, &args_of(&view)), "{view:?}");
+    }
     // New work still flows through the Service.
     let more = system.submit(&front.url(), &batch(50, 99_000)).await?;
     for id in more {
