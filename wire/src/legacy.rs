@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Operands {
+    #[serde(deserialize_with = "crate::integers::i64")]
     pub a: i64,
+    #[serde(deserialize_with = "crate::integers::i64")]
     pub b: i64,
 }
 

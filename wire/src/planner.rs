@@ -9,7 +9,12 @@ use crate::{OpInfo, Output, TaskId};
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewTask {
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, max_length = 64, pattern = r"^[a-z][a-z0-9_-]*$")
+    )]
     pub op: String,
+    #[serde(deserialize_with = "crate::integers::i64s")]
     pub args: Vec<i64>,
 }
 
@@ -272,7 +277,11 @@ pub enum WorkerChange {
 #[serde(deny_unknown_fields)]
 pub struct CancelRequest {
     /// These tasks (not combined with a filter).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::integers::u64s_opt"
+    )]
     pub ids: Option<Vec<TaskId>>,
     /// Filter: only `queued` can be cancelled for now, and must be given.
     #[serde(default, skip_serializing_if = "Option::is_none")]

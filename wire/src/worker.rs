@@ -9,12 +9,14 @@ use crate::{OpInfo, Output, TaskId};
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TaskRequest {
+    #[serde(deserialize_with = "crate::integers::u64")]
     pub id: TaskId,
     #[cfg_attr(
         feature = "openapi",
         schema(min_length = 1, max_length = 64, pattern = r"^[a-z][a-z0-9_-]*$")
     )]
     pub op: String,
+    #[serde(deserialize_with = "crate::integers::i64s")]
     pub args: Vec<i64>,
 }
 

@@ -9,7 +9,7 @@ use wire::planner::{OpRollout, RolloutReport};
 use super::AppState;
 use crate::planner::ModuleError;
 
-#[utoipa::path(put, path = "/ops/{name}", tag = "modules", params(("name" = String, Path, description = "The op name")), request_body(content = Vec<u8>, content_type = "application/wasm", description = "The component's bytes"), security((), ("bearer" = [])), responses((status = 200, description = "Checked on one worker, stored, and pushed to every worker offering the op", body = wire::planner::RolloutReport), (status = 400, description = "Not a component, or a worker refused it (the fleet keeps its version)", body = wire::ErrorBody), (status = 401, description = "Missing or wrong token", body = wire::ErrorBody), (status = 413, description = "Larger than 8 MiB", body = wire::ErrorBody)))]
+#[utoipa::path(put, path = "/ops/{name}", tag = "modules", params(("name" = String, Path, description = "The op name")), request_body(content = wire::worker::ComponentBytes, content_type = "application/wasm", description = "The component's bytes"), security((), ("bearer" = [])), responses((status = 200, description = "Checked on one worker, stored, and pushed to every worker offering the op", body = wire::planner::RolloutReport), (status = 400, description = "Not a component, or a worker refused it (the fleet keeps its version)", body = wire::ErrorBody), (status = 401, description = "Missing or wrong token", body = wire::ErrorBody), (status = 413, description = "Larger than 8 MiB", body = wire::ErrorBody)))]
 pub async fn put(
     State(state): State<AppState>,
     Path(name): Path<String>,

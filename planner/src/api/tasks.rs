@@ -28,10 +28,30 @@ pub struct SubmitQuery {
     timeout_ms: Option<u64>,
 }
 
+/// What `POST /tasks` answers with 202 (described for the OpenAPI document;
+/// the handler builds these shapes directly).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum Submitted {
+    Accepted(Accepted),
+    One(TaskView),
+    Many(Vec<TaskView>),
+}
+
+/// What `POST /tasks?wait=true` answers with 200.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum Waited {
+    One(TaskView),
+    Many(Vec<TaskView>),
+}
+
 /// `POST /tasks`: one task or an array. 202 with the ids; with `?wait=true`,
 /// 200 with the finished task(s) (422 when a single task failed), or 202 with
 /// their current state if the wait times out.
-#[utoipa::path(post, path = "/tasks", tag = "tasks", params(SubmitQuery), request_body(content = wire::planner::Submission, description = "One task or an array of tasks"), responses((status = 202, description = "Accepted (and durably stored): the ids", body = wire::planner::Accepted), (status = 200, description = "With wait=true: the finished task (or array of tasks); 202 with their current state when the wait times out or the planner is stopping", body = wire::planner::TaskView), (status = 422, description = "With wait=true: the single task failed (overflow, trap...)", body = wire::planner::TaskView), (status = 400, description = "Malformed body, invalid op name, wrong arity", body = wire::ErrorBody), (status = 401, description = "Missing or wrong token (when SUBMIT_REQUIRES_TOKEN)", body = wire::ErrorBody), (status = 413, description = "Body over 8 MiB or over 100,000 tasks", body = wire::ErrorBody), (status = 415, description = "Unsupported content type", body = wire::ErrorBody), (status = 503, description = "Queue full or store unavailable; retry after Retry-After seconds", body = wire::ErrorBody)))]
+#[utoipa::path(post, path = "/tasks", tag = "tasks", params(SubmitQuery), request_body(content = wire::planner::Submission, description = "One task or an array of tasks"), responses((status = 202, description = "Accepted (and durably stored): the ids; with wait=true, the task (or array of tasks) as it is when the wait times out or the planner is stopping", body = Submitted), (status = 200, description = "With wait=true: the finished task (or array of tasks)", body = Waited), (status = 422, description = "With wait=true: the single task failed (overflow, trap...)", body = wire::planner::TaskView), (status = 400, description = "Malformed body, invalid op name, wrong arity", body = wire::ErrorBody), (status = 401, description = "Missing or wrong token (when SUBMIT_REQUIRES_TOKEN)", body = wire::ErrorBody), (status = 413, description = "Body over 8 MiB or over 100,000 tasks", body = wire::ErrorBody), (status = 415, description = "Unsupported content type", body = wire::ErrorBody), (status = 503, description = "Queue full or store unavailable; retry after Retry-After seconds", body = wire::ErrorBody)))]
 pub async fn submit(
     State(state): State<AppState>,
     Query(query): Query<SubmitQuery>,
@@ -117,6 +137,7 @@ fn submit_error(err: SubmitError) -> ApiError {
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct RandomQuery {
+    #[param(minimum = 1, maximum = 100_000)]
     count: usize,
 }
 
@@ -182,6 +203,12 @@ pub async fn list(
     State(state): State<AppState>,
     Query(query): Query<ListQuery>,
 ) -> Result<Json<Vec<TaskView>>, ApiError> {
+    // The description says int64 (ids and times never come near 2^63).
+    for (name, value) in [("before", query.before), ("since_ms", query.since_ms)] {
+        if value.is_some_and(|v| v > i64::MAX as u64) {
+            return Err(ApiError::bad_request(format!("`{name}` is at most 2^63-1")));
+        }
+    }
     if let Some(ids) = &query.ids {
         if query.status.is_some()
             || query.op.is_some()
@@ -288,7 +315,7 @@ pub async fn cancel_many(
         .map_err(|err| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, err.to_string()))
 }
 
-#[utoipa::path(delete, path = "/tasks/{id}", tag = "tasks", params(("id" = u64, Path, description = "Task id")), responses((status = 200, description = "Cancelled", body = wire::planner::TaskView), (status = 404, description = "No such task", body = wire::ErrorBody), (status = 409, description = "The task is running or finished", body = wire::ErrorBody), (status = 503, description = "The shared store could not be reached", body = wire::ErrorBody)))]
+#[utoipa::path(delete, path = "/tasks/{id}", tag = "tasks", params(("id" = u64, Path, description = "Task id")), responses((status = 200, description = "Cancelled", body = wire::planner::TaskView), (status = 400, description = "Not a task id", body = wire::ErrorBody), (status = 404, description = "No such task", body = wire::ErrorBody), (status = 409, description = "The task is running or finished", body = wire::ErrorBody), (status = 503, description = "The shared store could not be reached", body = wire::ErrorBody)))]
 pub async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<TaskId>,
