@@ -114,6 +114,11 @@ pub struct ServeConfig {
     /// A worker silent this long (ms) is dropped and its tasks re-queued.
     #[arg(long, env = "HEARTBEAT_TIMEOUT_MS", default_value_t = 3000, value_parser = clap::value_parser!(u64).range(10..))]
     pub heartbeat_timeout_ms: u64,
+    /// A queued task whose op no live worker offers fails after waiting this
+    /// long (ms; counted from its submission or the planner's start, the
+    /// later): a typo'd op name does not wait forever. 0 waits forever.
+    #[arg(long, env = "UNOFFERED_OP_TIMEOUT_MS", default_value_t = 300_000)]
+    pub unoffered_op_timeout_ms: u64,
     /// Longest wait for a worker's answer to one task (ms).
     #[arg(long, env = "DISPATCH_TIMEOUT_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub dispatch_timeout_ms: u64,

@@ -194,6 +194,8 @@ pub async fn build(config: &ServeConfig, token: &Token) -> Result<Arc<Planner>> 
     let limits = Limits {
         queue: config.queue_limit,
         heartbeat_timeout: Duration::from_millis(config.heartbeat_timeout_ms),
+        unoffered_op: (config.unoffered_op_timeout_ms > 0)
+            .then(|| Duration::from_millis(config.unoffered_op_timeout_ms)),
     };
     let modules = Modules::open(match &durability {
         Durability::Durable(dir) => Some(dir.join("modules")),

@@ -8,7 +8,7 @@ use std::time::Instant;
 use wire::TaskId;
 use wire::planner::TaskStatus;
 
-use super::Board;
+use super::{Board, Finished};
 use crate::store::postgres::Demand;
 
 impl Board {
@@ -91,5 +91,57 @@ impl Board {
         self.queues.clear();
         self.queued = 0;
         unfinished
+    }
+
+    /// Fails the queued tasks whose op no live worker here offers and that
+    /// waited longer than `limit`, counted from their submission or this
+    /// board's start, the later (a restarted planner gives its workers time
+    /// to come back).
+    pub fn expire_unoffered(&mut self, now_ms: u64, limit: std::time::Duration) -> Vec<Finished> {
+        let limit_ms = limit.as_millis() as u64;
+        let stale: Vec<_> = self
+            .queues
+            .iter()
+            .filter(|(op, queue)| {
+                !queue.is_empty() && !self.workers.values().any(|w| !w.leaving && w.offers(op))
+            })
+            .map(|(op, _)| op.clone())
+            .collect();
+        let mut expired = Vec::new();
+        for op in stale {
+            let Some(queue) = self.queues.get(&op) else {
+                continue;
+            };
+            let due: Vec<TaskId> = queue
+                .iter()
+                .copied()
+                .filter(|id| {
+                    self.tasks.get(id).is_some_and(|t| {
+                        now_ms.saturating_sub(t.submitted_at_ms.max(self.started_ms)) >= limit_ms
+                    })
+                })
+                .collect();
+            if due.is_empty() {
+                continue;
+            }
+            let gone: std::collections::HashSet<TaskId> = due.iter().copied().collect();
+            if let Some(queue) = self.queues.get_mut(&op) {
+                queue.retain(|id| !gone.contains(id));
+            }
+            let message = format!(
+                "no worker offered op `{op}` within {} s (UNOFFERED_OP_TIMEOUT_MS)",
+                limit.as_secs_f64()
+            );
+            for id in due {
+                self.queued -= 1;
+                expired.push(self.finish(
+                    id,
+                    TaskStatus::Failed,
+                    Some(wire::Output::Error(message.clone())),
+                    None,
+                ));
+            }
+        }
+        expired
     }
 }

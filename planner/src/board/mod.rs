@@ -84,6 +84,8 @@ pub struct Board {
     counts: BTreeMap<(Arc<str>, TaskStatus), u64>,
     queued: usize,
     throughput: Throughput,
+    /// When this board was made (unix ms).
+    started_ms: u64,
 }
 
 impl Board {
@@ -99,6 +101,7 @@ impl Board {
             counts: BTreeMap::new(),
             queued: 0,
             throughput: Throughput::new(Instant::now()),
+            started_ms: serve::now_ms(),
         }
     }
 

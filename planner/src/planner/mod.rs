@@ -40,6 +40,8 @@ use crate::telemetry;
 pub struct Limits {
     pub queue: usize,
     pub heartbeat_timeout: Duration,
+    /// How long a task may wait for a worker offering its op (`None`: forever).
+    pub unoffered_op: Option<Duration>,
 }
 
 pub struct Planner {

@@ -91,6 +91,19 @@ impl Planner {
                 self.apply(effects);
                 self.pump();
             }
+            if let Some(limit) = self.limits.unoffered_op {
+                let expired = self.board().expire_unoffered(serve::now_ms(), limit);
+                if !expired.is_empty() {
+                    tracing::warn!(
+                        tasks = expired.len(),
+                        "failed tasks whose op no worker offered in time"
+                    );
+                    self.apply(crate::board::Effects {
+                        finished: expired,
+                        ..Default::default()
+                    });
+                }
+            }
         }
     }
 }
