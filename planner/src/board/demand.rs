@@ -45,18 +45,25 @@ impl Board {
         demand
     }
 
+    /// The ops with tasks queued here that no live worker here offers.
+    fn queued_unoffered_ops(&self) -> Vec<std::sync::Arc<str>> {
+        self.queues
+            .iter()
+            .filter(|(op, queue)| !queue.is_empty() && !self.is_offered(op))
+            .map(|(op, _)| op.clone())
+            .collect()
+    }
+
+    /// Whether a live worker here offers `op`.
+    pub(super) fn is_offered(&self, op: &str) -> bool {
+        self.workers.values().any(|w| !w.leaving && w.offers(op))
+    }
+
     /// Takes off the board the queued tasks that no live worker here offers
     /// the op of (their workers left or died), for another replica to run.
     /// Each with its attempt count, which goes back with it.
     pub fn take_orphans(&mut self) -> Vec<(TaskId, u32)> {
-        let orphaned: Vec<_> = self
-            .queues
-            .iter()
-            .filter(|(op, queue)| {
-                !queue.is_empty() && !self.workers.values().any(|w| !w.leaving && w.offers(op))
-            })
-            .map(|(op, _)| op.clone())
-            .collect();
+        let orphaned = self.queued_unoffered_ops();
         let mut taken = Vec::new();
         for op in orphaned {
             let Some(queue) = self.queues.remove(&op) else {
@@ -99,14 +106,7 @@ impl Board {
     /// to come back).
     pub fn expire_unoffered(&mut self, now_ms: u64, limit: std::time::Duration) -> Vec<Finished> {
         let limit_ms = limit.as_millis() as u64;
-        let stale: Vec<_> = self
-            .queues
-            .iter()
-            .filter(|(op, queue)| {
-                !queue.is_empty() && !self.workers.values().any(|w| !w.leaving && w.offers(op))
-            })
-            .map(|(op, _)| op.clone())
-            .collect();
+        let stale = self.queued_unoffered_ops();
         let mut expired = Vec::new();
         for op in stale {
             let Some(queue) = self.queues.get(&op) else {

@@ -59,8 +59,7 @@ impl Board {
     /// Why a task queued in a shared store (not on this board) is not
     /// moving, if no worker here could take it.
     pub fn unclaimed_reason(&self, op: &str) -> Option<String> {
-        let capable = self.workers.values().any(|w| !w.leaving && w.offers(op));
-        (!capable).then(|| {
+        (!self.is_offered(op)).then(|| {
             format!("no live worker offers op `{op}` on this replica, and no other replica has claimed it")
         })
     }

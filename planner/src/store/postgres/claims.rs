@@ -41,8 +41,4 @@ impl Claims {
     pub fn clear(&self) {
         self.map().clear();
     }
-
-    pub fn len(&self) -> usize {
-        self.map().len()
-    }
 }

@@ -210,11 +210,6 @@ impl PgStore {
         Ok(row.as_ref().map(rows::to_task).transpose()?)
     }
 
-    /// Tasks this replica holds a claim on.
-    pub fn held(&self) -> usize {
-        self.claims.len()
-    }
-
     /// Drops every claim: after being fenced, nothing held is ours.
     pub fn forget_claims(&self) {
         self.claims.clear();
