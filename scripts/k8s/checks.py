@@ -629,7 +629,7 @@ def check_probes_gate(state):
 
 
 def check_ha_postgres(state):
-    report("7. ha example with PostgreSQL: SKIPPED (no PostgreSQL image runs in this cluster; three replicas on a real PostgreSQL are tested by tests/tests/replicas.rs, the chart's ha.yaml by tests/tests/chart.rs)")
+    report("7. ha example with PostgreSQL: SKIPPED (no PostgreSQL image runs in this cluster; three replicas on a real PostgreSQL are tested by tests/tests/replicas.rs, the chart's ha.yaml by tests/tests/chart/ha.rs)")
 
 
 def check_module_removal(state):
