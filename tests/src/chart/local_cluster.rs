@@ -1,5 +1,6 @@
 //! Rendered workloads run as local processes ([`LocalCluster`]).
 //!
+//! # How a rendered pod becomes a local process
 //!
 //! The container's `command` and `args` are executed as written, except that
 //! the image's `/usr/local/bin/<name>` is this workspace's
@@ -12,8 +13,12 @@
 //! - downward API: `status.podIP` and `status.hostIP` are `127.0.0.1`,
 //!   `metadata.name` is `<deployment>-<replica>`, `metadata.namespace` the
 //!   namespace rendered for;
+//! - `BIND=0.0.0.0` (every interface of the pod's own network namespace) is
+//!   `127.0.0.1`: the tests listen on loopback only;
 //! - `secretKeyRef` / `configMapKeyRef` / `envFrom`: read from the rendered
-//!   Secret or ConfigMap (a missing one is an error);
+//!   Secret or ConfigMap, or from one the test created beforehand as
+//!   `kubectl create secret` would ([`LocalCluster::create_secret`]); a
+//!   missing one is an error;
 //! - ports: every declared `containerPort` gets a free local port, chosen
 //!   before start. `PORT` (the binaries' listen port) must equal a declared
 //!   containerPort and becomes its local port, and `127.0.0.1:<containerPort>`
@@ -21,16 +26,20 @@
 //!   expanded) becomes `127.0.0.1:<local port>`. The process must then
 //!   announce that very port;
 //! - Services: `<service>[.<namespace>[.svc[.cluster.local]]]:<port>` in any
-//!   value becomes `127.0.0.1:<local port>` of the one pod the Service's
-//!   selector picks, through its `targetPort`; so pods a Service selects are
-//!   started first;
+//!   value becomes `127.0.0.1:<local port>` of the pod the Service's selector
+//!   picks, through its `targetPort`, or of a [`Front`] that spreads
+//!   connections over the pods when it picks several (as kube-proxy does);
+//!   so pods a Service selects are started first;
 //! - volumes: each `volumeMount` is a directory of this test's temp dir
 //!   (`emptyDir` per pod, a `persistentVolumeClaim` per claim, a `configMap`
-//!   or `secret` filled from the rendered object in the kubelet's layout:
-//!   timestamped directory, `..data` symlink, one symlink per key), and a value
-//!   that is a mount path or lies under one is rewritten to that directory.
+//!   or `secret` filled from its object in the kubelet's layout: timestamped
+//!   directory, `..data` symlink, one symlink per key, or per `items` entry
+//!   under its `path`), and a value that is a mount path or lies under one is
+//!   rewritten to that directory (the longest mount path that matches, as
+//!   nested mounts shadow their parent).
 //!
 //! Anything else stays as rendered, so a value the chart does not wire through
+//! (a wrong host, port or path) reaches the process unchanged and breaks it.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -43,10 +52,11 @@ use serde_json::Value;
 
 use super::kubelet::write_atomic_dir;
 use super::manifest::{Manifest, container, data_files, name_of, pod_metadata, pod_spec, selects};
+use crate::front::Front;
 
 /// A port on 127.0.0.1 no one listens on right now.
 pub fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind(("0.0.0.0", 0))?;
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
     Ok(listener.local_addr()?.port())
 }
 
@@ -111,6 +121,8 @@ pub struct LocalCluster {
     pub manifest: Manifest,
     pub pods: Vec<LocalPod>,
     pub(super) services: Vec<LocalService>,
+    /// Stand-ins for Services that select several pods.
+    fronts: Vec<Front>,
     http: reqwest::Client,
 }
 
@@ -122,6 +134,7 @@ impl LocalCluster {
             manifest,
             pods: Vec::new(),
             services: Vec::new(),
+            fronts: Vec::new(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()?,
@@ -147,7 +160,7 @@ impl LocalCluster {
             deployments.iter().partition(|d| selected(d));
         for deployment in first {
             self.start_deployment(deployment).await?;
-            self.map_services(&services)?;
+            self.map_services(&services).await?;
         }
         for deployment in then {
             self.start_deployment(deployment).await?;
@@ -155,7 +168,7 @@ impl LocalCluster {
         Ok(())
     }
 
-    fn map_services(&mut self, services: &[Value]) -> Result<()> {
+    async fn map_services(&mut self, services: &[Value]) -> Result<()> {
         let mut mapped = Vec::new();
         for service in services {
             let name = name_of(service).to_string();
@@ -179,11 +192,6 @@ impl LocalCluster {
             if backing.is_empty() {
                 continue;
             }
-            ensure!(
-                backing.len() == 1,
-                "Service {name} selects {} pods; only one backing pod is simulated",
-                backing.len()
-            );
             for port in service["spec"]["ports"]
                 .as_array()
                 .context("Service without ports")?
@@ -196,15 +204,64 @@ impl LocalCluster {
                     .get("targetPort")
                     .cloned()
                     .unwrap_or(port["port"].clone());
-                let local = backing[0]
-                    .local_port(&target)
+                let locals = backing
+                    .iter()
+                    .map(|pod| pod.local_port(&target))
+                    .collect::<Result<Vec<u16>>>()
                     .with_context(|| format!("Service {name} targetPort {target}"))?;
-                mapped.push((name.clone(), service_port, local));
+                mapped.push((name.clone(), service_port, locals));
             }
         }
-        for (name, port, local) in mapped {
+        for (name, port, locals) in mapped {
+            let local = match locals[..] {
+                [one] => one,
+                _ => {
+                    let backends = locals
+                        .iter()
+                        .map(|port| std::net::SocketAddr::from(([127, 0, 0, 1], *port)))
+                        .collect();
+                    let front = Front::start(backends).await?;
+                    let port = front.addr.port();
+                    self.fronts.push(front);
+                    port
+                }
+            };
             self.set_service(&name, port, local);
         }
+        Ok(())
+    }
+
+    /// The last `lines` log lines of every pod of `deployment`, for a
+    /// failure message.
+    pub fn log_tails(&self, deployment: &str, lines: usize) -> String {
+        self.pods_of(deployment)
+            .iter()
+            .map(|pod| {
+                let tail = launcher::process::tail(&pod.service.log, lines);
+                format!("--- {} log:\n{tail}", pod.name)
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// A Secret that exists in the cluster before the install, as
+    /// `kubectl create secret generic <name> --from-literal=<key>=<value>`
+    /// makes it (e.g. the one `planner.database.existingSecret` names).
+    pub fn create_secret(&mut self, name: &str, data: &[(&str, &str)]) -> Result<()> {
+        ensure!(
+            self.manifest.find("Secret", name).is_none(),
+            "the chart renders a Secret {name} itself"
+        );
+        let data: serde_json::Map<String, Value> = data
+            .iter()
+            .map(|(key, value)| ((*key).to_string(), Value::String((*value).to_string())))
+            .collect();
+        self.manifest.objects.push(serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name, "namespace": self.namespace},
+            "stringData": data,
+        }));
         Ok(())
     }
 

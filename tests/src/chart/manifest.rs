@@ -97,10 +97,13 @@ pub(super) fn data_files(
             let text = value
                 .as_str()
                 .with_context(|| format!("{binary_key}.{key} is not a string"))?;
-            files.insert(
-                key.clone(),
-                base64::engine::general_purpose::STANDARD.decode(text.trim())?,
-            );
+            // A Secret's `stringData` is plain text; `binaryData` is base64.
+            let bytes = if binary_key == "stringData" {
+                text.as_bytes().to_vec()
+            } else {
+                base64::engine::general_purpose::STANDARD.decode(text.trim())?
+            };
+            files.insert(key.clone(), bytes);
         }
     }
     Ok(files)

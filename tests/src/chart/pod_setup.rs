@@ -54,12 +54,13 @@ impl LocalCluster {
             } else if let Some(map) = volume["configMap"]["name"].as_str() {
                 let dir = pod_dir.join(format!("configmap-{volume_name}"));
                 let files = self.manifest.config_map_files(map)?;
-                write_atomic_dir(&dir, &files)?;
+                write_atomic_dir(&dir, &projected(files, &volume["configMap"]["items"])?)?;
                 dir
             } else if let Some(secret) = volume["secret"]["secretName"].as_str() {
                 let dir = pod_dir.join(format!("secret-{volume_name}"));
                 let object = self.manifest.get("Secret", secret)?;
-                write_atomic_dir(&dir, &data_files(object, "data", "stringData")?)?;
+                let files = data_files(object, "data", "stringData")?;
+                write_atomic_dir(&dir, &projected(files, &volume["secret"]["items"])?)?;
                 dir
             } else {
                 bail!("volume {volume_name} is of a kind not simulated: {volume}");
@@ -116,6 +117,8 @@ impl LocalCluster {
                         format!("PORT={value} is not a declared containerPort ({ports:?})")
                     })?;
                 port.local.to_string()
+            } else if key == "BIND" && value == "0.0.0.0" {
+                "127.0.0.1".to_string()
             } else {
                 self.localize(&value, &ports, &mounts)
             };
@@ -204,7 +207,10 @@ impl LocalCluster {
                 value = value.replace(&format!("//{from}"), &format!("//{to}"));
             }
         }
-        for (path, local) in mounts {
+        // Nested mounts shadow their parent: the longest path that matches.
+        let mut by_depth: Vec<(&String, &PathBuf)> = mounts.iter().collect();
+        by_depth.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
+        for (path, local) in by_depth {
             if value == *path {
                 return local.display().to_string();
             }
@@ -223,6 +229,28 @@ pub(super) struct Prepared {
     pub(super) ports: Vec<PortMap>,
     pub(super) mounts: BTreeMap<String, PathBuf>,
     pub(super) dir: PathBuf,
+}
+
+/// The files a ConfigMap or Secret volume shows: every key, or with `items`
+/// only the keys listed, each under its `path`.
+fn projected(files: BTreeMap<String, Vec<u8>>, items: &Value) -> Result<BTreeMap<String, Vec<u8>>> {
+    let Some(items) = items.as_array() else {
+        return Ok(files);
+    };
+    let mut shown = BTreeMap::new();
+    for item in items {
+        let key = item["key"].as_str().context("volume item without key")?;
+        let path = item["path"].as_str().context("volume item without path")?;
+        ensure!(
+            !path.contains('/'),
+            "volume item path {path}: nested paths not simulated"
+        );
+        let bytes = files
+            .get(key)
+            .with_context(|| format!("volume item names key {key}, which is not there"))?;
+        shown.insert(path.to_string(), bytes.clone());
+    }
+    Ok(shown)
 }
 
 fn env_pairs(env: &BTreeMap<String, String>) -> Vec<(String, String)> {

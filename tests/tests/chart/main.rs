@@ -15,11 +15,15 @@ mod upgrade;
 mod values;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Result, ensure};
 use base64::Engine;
-use e2e::chart::{Manifest, chart_dir, container, env_literal};
+use e2e::chart::{LocalCluster, Manifest, chart_dir, container, describe, env_literal};
+use e2e::poll;
 use serde_json::{Value, json};
+use wire::TaskId;
+use wire::planner::TaskView;
 
 const RELEASE: &str = "workers";
 
@@ -71,4 +75,33 @@ fn deployment_replicas(manifest: &Manifest, name: &str) -> u64 {
 fn env_of(manifest: &Manifest, deployment: &str, var: &str) -> Option<String> {
     let d = manifest.find("Deployment", deployment)?;
     env_literal(container(d).ok()?, var).map(str::to_string)
+}
+
+/// GET `url` as JSON; `None` on any failure (for a poll to retry).
+async fn get_json<T: serde::de::DeserializeOwned>(http: &reqwest::Client, url: &str) -> Option<T> {
+    http.get(url).send().await.ok()?.json().await.ok()
+}
+
+/// Task `id` read from `planner` once it is final.
+async fn final_task(http: &reqwest::Client, planner: &str, id: TaskId) -> Result<TaskView> {
+    let url = format!("{planner}/tasks/{id}");
+    poll(Duration::from_secs(60), &format!("task {id}"), || async {
+        let view: TaskView = get_json(http, &url).await?;
+        view.status.is_final().then_some(view)
+    })
+    .await
+}
+
+/// Runs the rendered `helm test` Pod against the running cluster; it must pass.
+async fn helm_test_passes(cluster: &LocalCluster) -> Result<std::process::Output> {
+    let pod = cluster.manifest.get("Pod", "workers-test-submit")?;
+    let output = cluster
+        .run_pod(pod, "workers-test-submit", Duration::from_secs(60))
+        .await?;
+    ensure!(
+        output.status.success(),
+        "the helm test Pod failed: {}",
+        describe(&output)
+    );
+    Ok(output)
 }

@@ -4,14 +4,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::{RELEASE, modules_values};
-use anyhow::{Context, Result, ensure};
+use super::{RELEASE, final_task, get_json, helm_test_passes, modules_values};
+use anyhow::{Context, Result};
 use e2e::chart::{LocalCluster, container, describe, render};
 use e2e::{expected, fixture, poll};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use wire::TaskId;
-use wire::planner::{TaskStatus, TaskView, WorkerView};
+use wire::planner::{TaskStatus, WorkerView};
 
 /// The chart rendered with a mix of flavors (and a `pow` flavor whose
 /// module comes from the modules ConfigMap), every Deployment run as local
@@ -66,14 +66,7 @@ async fn what_the_chart_renders_runs_and_computes() -> Result<()> {
     let http = reqwest::Client::new();
     let workers: Vec<WorkerView> =
         poll(Duration::from_secs(30), "8 workers registered", || async {
-            let list: Vec<WorkerView> = http
-                .get(format!("{planner_url}/workers"))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let list: Vec<WorkerView> = get_json(&http, &format!("{planner_url}/workers")).await?;
             (list.len() == 8).then_some(list)
         })
         .await?;
@@ -170,18 +163,7 @@ async fn what_the_chart_renders_runs_and_computes() -> Result<()> {
     let ids: Vec<TaskId> = serde_json::from_value(response.json::<Value>().await?["ids"].clone())?;
     let mut views = Vec::new();
     for id in &ids {
-        let view: TaskView = poll(Duration::from_secs(60), &format!("task {id}"), || async {
-            let view: TaskView = http
-                .get(format!("{planner_url}/tasks/{id}"))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
-            view.status.is_final().then_some(view)
-        })
-        .await?;
+        let view = final_task(&http, &planner_url, *id).await?;
         views.push(view);
     }
     let flavor_of: BTreeMap<&str, &str> = workers
@@ -223,14 +205,7 @@ async fn what_the_chart_renders_runs_and_computes() -> Result<()> {
 
     // The planner's TASKS random tasks ran too.
     let stats: Value = poll(Duration::from_secs(30), "all tasks done", || async {
-        let stats: Value = http
-            .get(format!("{planner_url}/stats"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let stats: Value = get_json(&http, &format!("{planner_url}/stats")).await?;
         (stats["by_status"]["done"] == json!(ids.len() + 6)).then_some(stats)
     })
     .await?;
@@ -242,15 +217,7 @@ async fn what_the_chart_renders_runs_and_computes() -> Result<()> {
     }
 
     // `helm test`: the rendered test Pod's script, run here, passes.
-    let test_pod = manifest.get("Pod", "workers-test-submit")?;
-    let output = cluster
-        .run_pod(test_pod, "workers-test-submit", Duration::from_secs(60))
-        .await?;
-    ensure!(
-        output.status.success(),
-        "the helm test Pod failed: {}",
-        describe(&output)
-    );
+    let output = helm_test_passes(&cluster).await?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         stdout.contains("mul(6, 7): HTTP 200") && stdout.contains("add(2, 3): HTTP 200"),
@@ -279,14 +246,7 @@ async fn what_the_chart_renders_runs_and_computes() -> Result<()> {
         Duration::from_secs(30),
         "every mul worker to offer mul v2",
         || async {
-            let list: Vec<WorkerView> = http
-                .get(format!("{planner_url}/workers"))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let list: Vec<WorkerView> = get_json(&http, &format!("{planner_url}/workers")).await?;
             let muls: Vec<&str> = list
                 .iter()
                 .flat_map(|w| w.ops.iter().flatten())
