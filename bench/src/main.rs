@@ -180,16 +180,8 @@ async fn run(args: Args) -> Result<()> {
     let machine = machine::describe();
     println!("{}", machine.one_line());
     println!(
-        "plan: {} workers × {} slots (concurrency {}), {} tasks in batches of {}, ceiling {:?}, {} latency samples, {} queued, wasm {:?}{}",
-        plan.workers,
-        plan.slots,
-        plan.concurrency(),
-        plan.tasks,
-        plan.batch,
-        plan.ceiling,
-        plan.latency_samples,
-        plan.queued,
-        plan.wasm,
+        "plan: {}{}",
+        report::plan_summary(&plan),
         if plan.quick { " (quick)" } else { "" }
     );
     let started = Instant::now();

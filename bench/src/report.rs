@@ -309,6 +309,24 @@ pub fn table(rows: &[Row]) -> String {
     out
 }
 
+/// What the run measures, in one sentence: printed before the run and in
+/// the Markdown report.
+pub fn plan_summary(plan: &Plan) -> String {
+    format!(
+        "{} workers × {} slots (concurrency {}), {} tasks in batches of {}, ceiling measured for {:?}, \
+         {} single-task samples, {} queued tasks, WASM loops of {:?}",
+        plan.workers,
+        plan.slots,
+        plan.concurrency(),
+        plan.tasks,
+        plan.batch,
+        plan.ceiling,
+        plan.latency_samples,
+        plan.queued,
+        plan.wasm,
+    )
+}
+
 pub fn markdown(
     command: &str,
     machine: &Machine,
@@ -325,18 +343,8 @@ pub fn markdown(
     );
     let _ = writeln!(
         out,
-        "Run: {} workers × {} slots (concurrency {}), {} tasks in batches of {}, ceiling measured for {:?}, \
-         {} single-task samples, {} queued tasks, WASM loops of {:?}; {:.0} s in all. \
-         Load average (1 min) {:.2} at the start, {:.2} at the end.\n",
-        plan.workers,
-        plan.slots,
-        plan.concurrency(),
-        plan.tasks,
-        plan.batch,
-        plan.ceiling,
-        plan.latency_samples,
-        plan.queued,
-        plan.wasm,
+        "Run: {}; {:.0} s in all. Load average (1 min) {:.2} at the start, {:.2} at the end.\n",
+        plan_summary(plan),
         f.wall_secs,
         f.load_start,
         f.load_end
@@ -352,9 +360,8 @@ pub fn markdown(
             r.value,
             r.target,
             match r.verdict {
-                Verdict::Pass => "pass",
                 Verdict::Miss => "**miss**",
-                Verdict::Info => "",
+                other => other.label(),
             }
         );
     }
