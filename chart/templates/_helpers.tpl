@@ -130,6 +130,52 @@ crash dumps and in every child process.
   readOnly: true
 {{- end }}
 
+{{/*
+The client-only token (`auth.clientToken.existingSecret`), for the planner:
+a file from that Secret (`CLIENT_TOKEN_FILE`), in a directory of its own
+beside the shared token's, not inside that volume.
+*/}}
+{{- define "task-system.clientTokenDir" -}}/var/run/secrets/task-system-client{{- end }}
+
+{{- define "task-system.clientTokenEnv" -}}
+{{- if .Values.auth.clientToken.existingSecret }}
+- name: CLIENT_TOKEN_FILE
+  value: {{ include "task-system.clientTokenDir" . }}/token
+{{- end }}
+{{- end }}
+
+{{- define "task-system.clientTokenVolumeMount" -}}
+{{- if .Values.auth.clientToken.existingSecret }}
+- name: client-token
+  mountPath: {{ include "task-system.clientTokenDir" . }}
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "task-system.clientTokenVolume" -}}
+{{- if .Values.auth.clientToken.existingSecret }}
+- name: client-token
+  secret:
+    secretName: {{ .Values.auth.clientToken.existingSecret }}
+    defaultMode: 288
+    items:
+      - key: {{ .Values.auth.clientToken.existingSecretKey }}
+        path: token
+{{- end }}
+{{- end }}
+
+{{/*
+The Secret and key a client presents when reads need a token (the
+ServiceMonitor, NOTES): the client token if there is one, else the shared.
+*/}}
+{{- define "task-system.clientSecretName" -}}
+{{- default (include "task-system.secretName" .) .Values.auth.clientToken.existingSecret }}
+{{- end }}
+
+{{- define "task-system.clientSecretKey" -}}
+{{- if .Values.auth.clientToken.existingSecret }}{{ .Values.auth.clientToken.existingSecretKey }}{{ else }}{{ include "task-system.secretKey" . }}{{ end }}
+{{- end }}
+
 {{- define "task-system.tokenVolume" -}}
 - name: token
   secret:

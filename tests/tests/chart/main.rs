@@ -6,6 +6,7 @@
 //!
 //! One test binary (`--test chart`), one module per concern.
 
+mod access;
 mod ha;
 mod persistence;
 mod rendering;

@@ -72,6 +72,12 @@ fn values_reach_the_containers_environment() -> Result<()> {
             "true",
         ),
         (
+            &["--set", "auth.readRequiresToken=true"],
+            "workers-planner",
+            "READ_REQUIRES_TOKEN",
+            "true",
+        ),
+        (
             &["--set", "planner.port=4000"],
             "workers-planner",
             "PORT",
