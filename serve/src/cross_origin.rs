@@ -18,6 +18,9 @@ use crate::ApiError;
 
 pub async fn refuse_cross_site(request: Request, next: Next) -> Response {
     if is_cross_site_write(&request) {
+        // Counted (no labels, so an attacker can't grow it), so an operator
+        // can see that pages elsewhere are trying.
+        metrics::counter!("http_cross_site_refused_total").increment(1);
         return ApiError::new(
             StatusCode::FORBIDDEN,
             "cross-origin request refused: a page on another site cannot change this server",

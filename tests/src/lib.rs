@@ -15,6 +15,7 @@ use tokio::process::Command;
 use wire::TaskId;
 use wire::planner::{TaskView, WorkerView};
 
+pub mod browser;
 pub mod chart;
 pub mod front;
 pub mod postgres;
