@@ -16,7 +16,9 @@ mod pod_setup;
 
 pub use kubelet::{expand, write_atomic_dir};
 pub use local_cluster::{LocalCluster, LocalPod, PortMap, free_port};
-pub use manifest::{Manifest, container, env_literal, name_of, pod_metadata, pod_spec, selects};
+pub use manifest::{
+    Manifest, container, env_literal, name_of, pod_metadata, pod_spec, quantity_bytes, selects,
+};
 
 /// The workspace root (holding `chart/` and `.tools/`).
 pub fn workspace_root() -> PathBuf {

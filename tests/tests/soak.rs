@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use e2e::System;
+use e2e::chart::quantity_bytes;
 use serde_json::{Value, json};
 use wire::planner::{Stats, TaskStatus, TaskView};
 
@@ -251,24 +252,6 @@ async fn a_million_tasks_leave_memory_and_disk_flat() -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Bytes of a Kubernetes memory quantity (`512Mi`, `1Gi`, `500M`, `1000`).
-fn quantity_bytes(quantity: &str) -> Result<u64> {
-    let units = [
-        ("Ki", 1u64 << 10),
-        ("Mi", 1 << 20),
-        ("Gi", 1 << 30),
-        ("k", 1_000),
-        ("M", 1_000_000),
-        ("G", 1_000_000_000),
-    ];
-    for (suffix, factor) in units {
-        if let Some(number) = quantity.strip_suffix(suffix) {
-            return Ok(number.parse::<u64>()? * factor);
-        }
-    }
-    Ok(quantity.parse()?)
 }
 
 fn status_kib(pid: i32, field: &str) -> Result<u64> {

@@ -312,13 +312,7 @@ impl LocalCluster {
 
     async fn start_pod(&self, deployment: &Value, pod_name: &str) -> Result<LocalPod> {
         let prepared = self.prepare(deployment, pod_name)?;
-        let mut command = tokio::process::Command::new(&prepared.program);
-        command
-            .args(&prepared.argv)
-            .env_clear()
-            .envs(&prepared.env)
-            .env("HOSTNAME", pod_name)
-            .current_dir(&prepared.dir);
+        let command = prepared.command(pod_name);
         let log = self.dir.path().join(format!("{pod_name}.log"));
         let service = Service::start(pod_name, command, &log).await?;
         if let Some(port) = prepared.env.get("PORT") {
@@ -374,14 +368,8 @@ impl LocalCluster {
     /// the same mappings, as `pod_name`.
     pub async fn run_pod(&self, pod: &Value, pod_name: &str, timeout: Duration) -> Result<Output> {
         let prepared = self.prepare(pod, pod_name)?;
-        let mut command = tokio::process::Command::new(&prepared.program);
-        command
-            .args(&prepared.argv)
-            .env_clear()
-            .envs(&prepared.env)
-            .env("HOSTNAME", pod_name)
-            .current_dir(&prepared.dir)
-            .kill_on_drop(true);
+        let mut command = prepared.command(pod_name);
+        command.kill_on_drop(true);
         tokio::time::timeout(timeout, command.output())
             .await
             .with_context(|| format!("pod {pod_name} did not finish within {timeout:?}"))?

@@ -160,3 +160,22 @@ pub fn selects(selector: &Value, labels: &Value) -> bool {
         .as_object()
         .is_some_and(|s| !s.is_empty() && s.iter().all(|(k, v)| &labels[k] == v))
 }
+
+/// Bytes of a Kubernetes quantity (`2Gi`, `512Mi`, `1G`, `1000`).
+pub fn quantity_bytes(quantity: &str) -> Result<u64> {
+    let units = [
+        ("Ki", 1u64 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("Ti", 1 << 40),
+        ("k", 1_000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+    ];
+    for (suffix, factor) in units {
+        if let Some(number) = quantity.strip_suffix(suffix) {
+            return Ok(number.parse::<u64>()? * factor);
+        }
+    }
+    Ok(quantity.parse()?)
+}

@@ -231,6 +231,21 @@ pub(super) struct Prepared {
     pub(super) dir: PathBuf,
 }
 
+impl Prepared {
+    /// The process, with exactly the container's environment (plus
+    /// `HOSTNAME`, as in a pod), in the pod's directory.
+    pub(super) fn command(&self, pod_name: &str) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(&self.program);
+        command
+            .args(&self.argv)
+            .env_clear()
+            .envs(&self.env)
+            .env("HOSTNAME", pod_name)
+            .current_dir(&self.dir);
+        command
+    }
+}
+
 /// The files a ConfigMap or Secret volume shows: every key, or with `items`
 /// only the keys listed, each under its `path`.
 fn projected(files: BTreeMap<String, Vec<u8>>, items: &Value) -> Result<BTreeMap<String, Vec<u8>>> {

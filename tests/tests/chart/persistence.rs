@@ -2,26 +2,7 @@
 
 use super::env_of;
 use anyhow::{Context, Result};
-use e2e::chart::{pod_spec, render};
-
-/// Bytes of a Kubernetes quantity (`2Gi`, `512Mi`, `1G`, `1000`).
-fn quantity_bytes(quantity: &str) -> Result<u64> {
-    let units = [
-        ("Ki", 1u64 << 10),
-        ("Mi", 1 << 20),
-        ("Gi", 1 << 30),
-        ("Ti", 1 << 40),
-        ("k", 1_000),
-        ("M", 1_000_000),
-        ("G", 1_000_000_000),
-    ];
-    for (suffix, factor) in units {
-        if let Some(number) = quantity.strip_suffix(suffix) {
-            return Ok(number.parse::<u64>()? * factor);
-        }
-    }
-    Ok(quantity.parse()?)
-}
+use e2e::chart::{pod_spec, quantity_bytes, render};
 
 /// The default claim holds what retention keeps (issue 15): `RESULT_LIMIT`
 /// finished tasks and a full queue at about 170 B each on disk (measured:
