@@ -140,6 +140,7 @@ fn task(i: u64) -> NewTask {
     NewTask {
         op: op.into(),
         args: vec![(i % 100_000) as i64, 7],
+        ..NewTask::default()
     }
 }
 

@@ -48,6 +48,7 @@ async fn fill(plan: &Plan, planner: &launcher::process::Service) -> Result<Plann
             .map(|i| NewTask {
                 op: if i.is_multiple_of(2) { "add" } else { "mul" }.into(),
                 args: vec![(i % 1000) as i64, 3],
+                ..NewTask::default()
             })
             .collect();
         let response = client

@@ -87,6 +87,7 @@ async fn run(
         .map(|i| NewTask {
             op: if i % 2 == 0 { "add" } else { "mul" }.into(),
             args: vec![(i % 1000) as i64, 3],
+            ..NewTask::default()
         })
         .collect();
     let started = Instant::now();

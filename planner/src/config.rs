@@ -145,6 +145,16 @@ pub struct ServeConfig {
     pub result_limit: u64,
     #[command(flatten)]
     pub connections: serve::http::ConnectionLimits,
+    /// The deadline (ms, queue plus run time) of a task submitted without a
+    /// `timeout_ms`; past it the task ends `expired` (a running one is
+    /// interrupted on its worker). 0: no deadline.
+    #[arg(long, env = "TASK_TIMEOUT_MS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=604_800_000))]
+    pub task_timeout_ms: u64,
+    /// The wait (ms) before the first retry of a task whose op failed (its
+    /// `retries`); each further retry waits twice the previous, at most
+    /// 5 minutes.
+    #[arg(long, env = "RETRY_BACKOFF_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(0..=300_000))]
+    pub retry_backoff_ms: u64,
 }
 
 fn parse_ttl(text: &str) -> Result<std::time::Duration, String> {

@@ -7,7 +7,10 @@ use serve::auth::Token;
 use wire::worker::{TaskOutcome, TaskRequest};
 use wire::{ErrorBody, Output};
 
-use crate::board::{Answer, Assignment};
+use crate::board::{Answer, Assignment, Interrupt};
+
+/// Longest wait for a worker to take an interrupt.
+const INTERRUPT_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Dispatcher {
     client: reqwest::Client,
@@ -29,6 +32,37 @@ impl Dispatcher {
             token,
             timeout,
         })
+    }
+
+    /// Tells a worker to stop running a task (`DELETE /tasks/{id}` on it),
+    /// in the background. Best effort: if it does not hear, its call runs
+    /// out and the answer is ignored.
+    pub fn interrupt(&self, interrupt: Interrupt) {
+        let request = self
+            .client
+            .delete(format!("{}/tasks/{}", interrupt.url, interrupt.task))
+            .headers(self.token.headers())
+            .timeout(INTERRUPT_TIMEOUT);
+        tokio::spawn(async move {
+            match request.send().await {
+                Ok(response) if response.status().is_success() => {
+                    tracing::debug!(task = interrupt.task, worker = %interrupt.worker, "interrupted")
+                }
+                // 404: the call had ended already.
+                Ok(response) => tracing::debug!(
+                    task = interrupt.task,
+                    worker = %interrupt.worker,
+                    status = %response.status(),
+                    "interrupt not needed or refused"
+                ),
+                Err(err) => tracing::warn!(
+                    task = interrupt.task,
+                    worker = %interrupt.worker,
+                    error = %describe(&err),
+                    "could not interrupt a task on its worker; its answer will be ignored"
+                ),
+            }
+        });
     }
 
     pub async fn send(&self, assignment: &Assignment) -> Answer {

@@ -99,6 +99,7 @@ pub async fn serve_with(
         .local_addr()
         .context("reading the listening address")?;
     let reaper = tokio::spawn(planner.clone().reap_forever());
+    let controls = tokio::spawn(planner.clone().controls_forever());
     let retention = tokio::spawn(retention::run(
         planner.clone(),
         retention::Policy {
@@ -139,6 +140,7 @@ pub async fn serve_with(
         ),
     }
     reaper.abort();
+    controls.abort();
     retention.abort();
     planner.store().flush().await;
     planner.leave_replicas().await;
@@ -174,6 +176,10 @@ pub async fn build(config: &ServeConfig, token: &Token) -> Result<Arc<Planner>> 
             .with_context(|| format!("opening the task store in {}", config.data_dir.display()))?,
     };
     let mut board = Board::new(config.max_attempts, config.retain_finished);
+    board.set_retry_backoff(
+        config.retry_backoff_ms,
+        crate::board::RETRY_BACKOFF_CAP_MS,
+    );
     let unfinished = recovered
         .tasks
         .iter()
@@ -196,6 +202,7 @@ pub async fn build(config: &ServeConfig, token: &Token) -> Result<Arc<Planner>> 
         heartbeat_timeout: Duration::from_millis(config.heartbeat_timeout_ms),
         unoffered_op: (config.unoffered_op_timeout_ms > 0)
             .then(|| Duration::from_millis(config.unoffered_op_timeout_ms)),
+        task_timeout_ms: (config.task_timeout_ms > 0).then_some(config.task_timeout_ms),
     };
     let modules = Modules::open(match &durability {
         Durability::Durable(dir) => Some(dir.join("modules")),

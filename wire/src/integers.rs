@@ -101,6 +101,14 @@ pub fn u64s_opt<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Vec
         .map(|v| v.map(|v| v.into_iter().map(|n| n.0).collect()))
 }
 
+pub fn u64_opt<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    Option::<Integer<u64>>::deserialize(deserializer).map(|v| v.map(|n| n.0))
+}
+
+pub fn i64_opt<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+    Option::<Integer<i64>>::deserialize(deserializer).map(|v| v.map(|n| n.0))
+}
+
 #[cfg(test)]
 mod tests {
     use serde::Deserialize;

@@ -4,8 +4,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{OpInfo, Output, TaskId};
 
-/// One task as submitted: `{"op":"mul","args":[6,7]}`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+/// One task as submitted: `{"op":"mul","args":[6,7]}`, optionally with
+/// its controls (see [`crate::controls`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewTask {
@@ -16,6 +17,48 @@ pub struct NewTask {
     pub op: String,
     #[serde(deserialize_with = "crate::integers::i64s")]
     pub args: Vec<i64>,
+    /// Deadline in ms from submission, covering the wait in the queue and
+    /// the run: past it a queued task ends `expired` and a running one is
+    /// interrupted on its worker (and ends `expired`). Default: the
+    /// planner's TASK_TIMEOUT_MS (none unless set). At most 7 days.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::integers::u64_opt"
+    )]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 604_800_000))]
+    pub timeout_ms: Option<u64>,
+    /// How many times to run the task again when the op fails it (an op
+    /// error, a trap, the worker's OP_TIMEOUT_MS), with exponential backoff.
+    /// Worker loss is retried separately (MAX_ATTEMPTS). Default 0, at most 10.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::integers::u64_opt"
+    )]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 10))]
+    pub retries: Option<u64>,
+    /// Higher runs first among the queued tasks of its op; FIFO within a
+    /// priority. Strict: a steady stream of higher-priority tasks delays
+    /// lower ones without bound. Default 0, from -10 to 10.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::integers::i64_opt"
+    )]
+    #[cfg_attr(feature = "openapi", schema(minimum = -10, maximum = 10))]
+    pub priority: Option<i64>,
+}
+
+impl NewTask {
+    /// A task with no controls set.
+    pub fn new(op: impl Into<String>, args: Vec<i64>) -> Self {
+        Self {
+            op: op.into(),
+            args,
+            ..Self::default()
+        }
+    }
 }
 
 /// `POST /tasks` accepts one task or an array of them.
@@ -84,11 +127,30 @@ pub enum TaskStatus {
     Done,
     Failed,
     Cancelled,
+    /// Its deadline (`timeout_ms`) passed before it finished.
+    Expired,
 }
 
 impl TaskStatus {
+    pub const ALL: [TaskStatus; 6] = [
+        Self::Queued,
+        Self::Running,
+        Self::Done,
+        Self::Failed,
+        Self::Cancelled,
+        Self::Expired,
+    ];
+
     pub fn is_final(self) -> bool {
-        matches!(self, Self::Done | Self::Failed | Self::Cancelled)
+        matches!(
+            self,
+            Self::Done | Self::Failed | Self::Cancelled | Self::Expired
+        )
+    }
+
+    /// The status named `name` (as [`TaskStatus::as_str`] writes it).
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -98,6 +160,7 @@ impl TaskStatus {
             Self::Done => "done",
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",
+            Self::Expired => "expired",
         }
     }
 }
@@ -122,6 +185,7 @@ pub struct TaskView {
     /// sha256 of the module that computed the result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+    /// Dispatches so far (op failures retried and worker losses included).
     pub attempts: u32,
     /// Unix milliseconds.
     pub submitted_at_ms: u64,
@@ -129,6 +193,56 @@ pub struct TaskView {
     pub started_at_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at_ms: Option<u64>,
+    /// Its priority (0 unless given).
+    #[serde(default, skip_serializing_if = "is_zero_i8")]
+    pub priority: i8,
+    /// Op failures it may be retried for, and how many it used.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub retries: u32,
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub retried: u32,
+    /// Its deadline (unix ms), if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
+    /// While waiting out a retry's backoff: when it may run again (unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at_ms: Option<u64>,
+    /// The errors of its earlier attempts, oldest first (the last
+    /// [`crate::controls::MAX_ATTEMPT_ERRORS`]); the final one is `error`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempt_errors: Vec<AttemptError>,
+}
+
+fn is_zero_i8(n: &i8) -> bool {
+    *n == 0
+}
+
+fn is_zero_u32(n: &u32) -> bool {
+    *n == 0
+}
+
+/// Why one attempt of a task ended without a result.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AttemptError {
+    /// Which dispatch of the task (1 for the first).
+    pub attempt: u32,
+    /// `op`: the op (or the sandbox) failed it, counted against `retries`;
+    /// `lost`: no answer from its worker, counted against MAX_ATTEMPTS.
+    pub kind: AttemptErrorKind,
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    /// When it ended (unix ms).
+    pub at_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum AttemptErrorKind {
+    Op,
+    Lost,
 }
 
 impl TaskView {
@@ -283,7 +397,8 @@ pub struct CancelRequest {
         deserialize_with = "crate::integers::u64s_opt"
     )]
     pub ids: Option<Vec<TaskId>>,
-    /// Filter: only `queued` can be cancelled for now, and must be given.
+    /// Filter: `queued` or `running` (running tasks are interrupted on
+    /// their workers); must be given with a filter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<TaskStatus>,
     /// Filter: only tasks of this op.
@@ -299,7 +414,8 @@ pub struct CancelReport {
     /// Listed ids the planner does not know.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_found: Vec<TaskId>,
-    /// Listed ids that were already running or finished, so not cancelled.
+    /// Listed ids that had already finished (or run on another planner
+    /// replica), so not cancelled.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_queued: Vec<TaskId>,
 }

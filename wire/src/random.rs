@@ -9,6 +9,7 @@ pub fn generate(count: usize) -> Vec<NewTask> {
         .map(|_| NewTask {
             op: if rng.random_bool(0.5) { "add" } else { "mul" }.into(),
             args: vec![rng.random_range(0..40), rng.random_range(0..40)],
+            ..NewTask::default()
         })
         .collect()
 }

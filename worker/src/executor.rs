@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 use wire::{Output, TaskId};
 
 use crate::catalog::Catalog;
@@ -48,6 +49,9 @@ pub struct Running {
     pub op: String,
     pub args: Vec<i64>,
     pub started_at_ms: u64,
+    /// The id is the planner's (not a legacy call's local one).
+    #[serde(skip)]
+    pub planned: bool,
 }
 
 pub struct Executor {
@@ -59,7 +63,7 @@ pub struct Executor {
     /// The planner has accepted this worker and still answers its heartbeats;
     /// with `draining`, what readiness reports.
     registered: std::sync::atomic::AtomicBool,
-    running: Mutex<BTreeMap<u64, Running>>,
+    running: Mutex<BTreeMap<u64, (Running, CancellationToken)>>,
     next_local_id: std::sync::atomic::AtomicU64,
 }
 
@@ -104,7 +108,28 @@ impl Executor {
     }
 
     pub fn running(&self) -> Vec<Running> {
-        self.lock_running().values().cloned().collect()
+        self.lock_running()
+            .values()
+            .map(|(running, _)| running.clone())
+            .collect()
+    }
+
+    /// Interrupts the planner's task `id` if it is running here (its call
+    /// stops within one epoch tick, and its slot is freed); returns how many
+    /// runs of it were interrupted (0: none running).
+    pub fn cancel(&self, id: TaskId) -> usize {
+        let running = self.lock_running();
+        let mut cancelled = 0;
+        for (task, token) in running.values() {
+            if task.id == id && !token.is_cancelled() && task.planned {
+                token.cancel();
+                cancelled += 1;
+            }
+        }
+        if cancelled > 0 {
+            tracing::info!(task = id, "task interrupted at the planner's request");
+        }
+        cancelled
     }
 
     /// Runs a task; `id` is the planner's, or `None` for a legacy call.
@@ -141,6 +166,7 @@ impl Executor {
         let key = self
             .next_local_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let cancel = CancellationToken::new();
         let _running = RunningGuard::new(
             self,
             key,
@@ -149,24 +175,29 @@ impl Executor {
                 op: op.to_string(),
                 args: args.clone(),
                 started_at_ms: serve::now_ms(),
+                planned: id.is_some(),
             },
+            cancel.clone(),
         );
 
         let started = Instant::now();
         let work = self.work.pick();
         if !work.is_zero() {
-            tokio::time::sleep(work).await;
+            tokio::select! {
+                () = tokio::time::sleep(work) => {}
+                () = cancel.cancelled() => {}
+            }
         }
         let sandbox = self.catalog.sandbox().clone();
         let module = entry.clone();
         // The call is CPU-bound and may run up to its deadline: keep it off
         // the async threads so health checks and other slots stay responsive.
         let call_started = Instant::now();
-        let output = tokio::task::spawn_blocking(move || sandbox.call(&module.module, &args))
-            .await
-            .unwrap_or_else(|join| {
-                Err(CallError::Host(format!("the call's thread failed: {join}")))
-            });
+        let output = tokio::task::spawn_blocking(move || {
+            sandbox.call_cancellable(&module.module, &args, &cancel)
+        })
+        .await
+        .unwrap_or_else(|join| Err(CallError::Host(format!("the call's thread failed: {join}"))));
         telemetry::ran(op, &output, started.elapsed(), call_started.elapsed());
         if let Some(id) = id {
             // One line per execution (`LOG=info,worker::executor=debug`): the
@@ -184,7 +215,9 @@ impl Executor {
         })
     }
 
-    fn lock_running(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Running>> {
+    fn lock_running(
+        &self,
+    ) -> std::sync::MutexGuard<'_, BTreeMap<u64, (Running, CancellationToken)>> {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -197,8 +230,8 @@ struct RunningGuard<'a> {
 }
 
 impl<'a> RunningGuard<'a> {
-    fn new(executor: &'a Executor, key: u64, running: Running) -> Self {
-        executor.lock_running().insert(key, running);
+    fn new(executor: &'a Executor, key: u64, running: Running, cancel: CancellationToken) -> Self {
+        executor.lock_running().insert(key, (running, cancel));
         Self { executor, key }
     }
 }

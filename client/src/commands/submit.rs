@@ -21,10 +21,7 @@ pub async fn run(api: &Api, args: Submit, output: Output) -> Result<Outcome> {
         (Some(op), None) => {
             one(
                 api,
-                NewTask {
-                    op: op.clone(),
-                    args: args.args.clone(),
-                },
+                NewTask::new(op.clone(), args.args.clone()),
                 &args,
                 output,
             )

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serve::{ApiError, JsonBody, Path, Query};
@@ -14,6 +14,7 @@ use wire::planner::{Accepted, CancelReport, CancelRequest, Submission, TaskStatu
 use super::AppState;
 use crate::board::{CancelError, TaskFilter};
 use crate::planner::{CancelTarget, SubmitError};
+use crate::store::Idempotency;
 
 /// Most tasks in one submission.
 const MAX_BATCH: usize = 100_000;
@@ -51,12 +52,14 @@ enum Waited {
 /// `POST /tasks`: one task or an array. 202 with the ids; with `?wait=true`,
 /// 200 with the finished task(s) (422 when a single task failed), or 202 with
 /// their current state if the wait times out.
-#[utoipa::path(post, path = "/tasks", tag = "tasks", params(SubmitQuery), request_body(content = wire::planner::Submission, description = "One task or an array of tasks"), responses((status = 202, description = "Accepted (and durably stored): the ids; with wait=true, the task (or array of tasks) as it is when the wait times out or the planner is stopping", body = Submitted), (status = 200, description = "With wait=true: the finished task (or array of tasks)", body = Waited), (status = 422, description = "With wait=true: the single task failed (overflow, trap...)", body = wire::planner::TaskView), (status = 400, description = "Malformed body, invalid op name, wrong arity", body = wire::ErrorBody), (status = 401, description = "Missing or wrong token (when SUBMIT_REQUIRES_TOKEN)", body = wire::ErrorBody), (status = 413, description = "Body over 8 MiB or over 100,000 tasks", body = wire::ErrorBody), (status = 415, description = "Unsupported content type", body = wire::ErrorBody), (status = 503, description = "Queue full or store unavailable; retry after Retry-After seconds", body = wire::ErrorBody)))]
+#[utoipa::path(post, path = "/tasks", tag = "tasks", params(SubmitQuery, ("Idempotency-Key" = Option<String>, Header, description = "Names this submission (1 to 255 bytes): a repeat with the same key and body within RESULT_TTL, also after a planner restart, queues nothing and answers the first submission's ids (header `Idempotent-Replayed: true`); the same key with another body is refused (422). For an array, the key names the whole batch.", min_length = 1, max_length = 255)), request_body(content = wire::planner::Submission, description = "One task or an array of tasks, each with optional controls: `timeout_ms`, `retries`, `priority`"), responses((status = 202, description = "Accepted (and durably stored): the ids; with wait=true, the task (or array of tasks) as it is when the wait times out or the planner is stopping", body = Submitted), (status = 200, description = "With wait=true: the finished task (or array of tasks)", body = Waited), (status = 422, description = "With wait=true: the single task failed (overflow, trap...); or the Idempotency-Key was used with a different submission", body = wire::planner::TaskView), (status = 400, description = "Malformed body, invalid op name, wrong arity, a control out of range, a bad Idempotency-Key", body = wire::ErrorBody), (status = 401, description = "Missing or wrong token (when SUBMIT_REQUIRES_TOKEN)", body = wire::ErrorBody), (status = 413, description = "Body over 8 MiB or over 100,000 tasks", body = wire::ErrorBody), (status = 415, description = "Unsupported content type", body = wire::ErrorBody), (status = 503, description = "Queue full or store unavailable; retry after Retry-After seconds", body = wire::ErrorBody)))]
 pub async fn submit(
     State(state): State<AppState>,
     Query(query): Query<SubmitQuery>,
+    headers: HeaderMap,
     JsonBody(submission): JsonBody<Submission>,
 ) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers, &submission)?;
     let single = matches!(submission, Submission::One(_));
     let tasks = submission.into_tasks();
     if tasks.len() > MAX_BATCH {
@@ -68,13 +71,18 @@ pub async fn submit(
             ),
         ));
     }
-    let (ids, receivers) = state
+    let submitted = state
         .planner
-        .submit(tasks, query.wait)
+        .submit_keyed(tasks, query.wait, key)
         .await
         .map_err(submit_error)?;
+    let (ids, receivers) = (submitted.ids, submitted.receivers);
+    let replayed = [(
+        HeaderName::from_static("idempotent-replayed"),
+        HeaderValue::from_static(if submitted.replayed { "true" } else { "false" }),
+    )];
     if !query.wait {
-        return Ok((StatusCode::ACCEPTED, Json(Accepted { ids })).into_response());
+        return Ok((StatusCode::ACCEPTED, replayed, Json(Accepted { ids })).into_response());
     }
     let timeout =
         Duration::from_millis(query.timeout_ms.unwrap_or(DEFAULT_WAIT_MS).min(MAX_WAIT_MS));
@@ -97,9 +105,41 @@ pub async fn submit(
         } else {
             status
         };
-        return Ok((status, Json(view)).into_response());
+        return Ok((status, replayed, Json(view)).into_response());
     }
-    Ok((status, Json(views)).into_response())
+    Ok((status, replayed, Json(views)).into_response())
+}
+
+/// The submission's idempotency key (as digests), if it has one.
+fn idempotency_key(
+    headers: &HeaderMap,
+    submission: &Submission,
+) -> Result<Option<Idempotency>, ApiError> {
+    use wire::controls::{IDEMPOTENCY_KEY_HEADER, MAX_IDEMPOTENCY_KEY_LEN};
+    let mut values = headers.get_all(IDEMPOTENCY_KEY_HEADER).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ApiError::bad_request(
+            "one Idempotency-Key header per submission",
+        ));
+    }
+    let key = value.as_bytes();
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN {
+        return Err(ApiError::bad_request(format!(
+            "Idempotency-Key is {} bytes long: from 1 to {MAX_IDEMPOTENCY_KEY_LEN}",
+            key.len()
+        )));
+    }
+    // The submission as parsed, written back: the same tasks and controls
+    // give the same digest however the client spaced or ordered its JSON.
+    let request = serde_json::to_vec(submission).map_err(ApiError::internal)?;
+    Ok(Some(Idempotency {
+        key: wire::digest_hex(key),
+        request: wire::digest_hex(&request),
+        created_at_ms: serve::now_ms(),
+    }))
 }
 
 async fn futures_all(
@@ -131,6 +171,7 @@ fn submit_error(err: SubmitError) -> ApiError {
         SubmitError::Store(_) => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, err.to_string()).retry_after(1)
         }
+        SubmitError::KeyReused => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, err.to_string()),
     }
 }
 
@@ -265,7 +306,7 @@ fn parse_ids(list: &str) -> Result<Vec<TaskId>, ApiError> {
 }
 
 /// `POST /tasks/cancel`: many tasks in one request, by id or by filter.
-#[utoipa::path(post, path = "/tasks/cancel", tag = "tasks", request_body(content = wire::planner::CancelRequest, description = "`{\"ids\": [...]}`, or a filter `{\"status\": \"queued\", \"op\": \"mul\"}` (op optional); only queued tasks can be cancelled"), responses((status = 200, description = "How many were cancelled; listed ids that were unknown or not queued", body = wire::planner::CancelReport), (status = 400, description = "Neither ids nor a queued filter, both, a status other than queued, over 100,000 ids, invalid op name", body = wire::ErrorBody), (status = 401, description = "Missing or wrong token (when SUBMIT_REQUIRES_TOKEN)", body = wire::ErrorBody), (status = 413, description = "Body over 8 MiB", body = wire::ErrorBody)))]
+#[utoipa::path(post, path = "/tasks/cancel", tag = "tasks", request_body(content = wire::planner::CancelRequest, description = "`{\"ids\": [...]}`, or a filter `{\"status\": \"queued\", \"op\": \"mul\"}` (`queued` or `running`; op optional); running tasks are interrupted on their workers"), responses((status = 200, description = "How many were cancelled; listed ids that were unknown or already finished", body = wire::planner::CancelReport), (status = 400, description = "Neither ids nor a filter, both, a status other than queued or running, over 100,000 ids, invalid op name", body = wire::ErrorBody), (status = 401, description = "Missing or wrong token (when SUBMIT_REQUIRES_TOKEN)", body = wire::ErrorBody), (status = 413, description = "Body over 8 MiB", body = wire::ErrorBody)))]
 pub async fn cancel_many(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<CancelRequest>,
@@ -284,7 +325,7 @@ pub async fn cancel_many(
             }
             CancelTarget::Ids(ids)
         }
-        (None, Some(TaskStatus::Queued), op) => {
+        (None, Some(status @ (TaskStatus::Queued | TaskStatus::Running)), op) => {
             if let Some(op) = op
                 && !wire::is_valid_op_name(op)
             {
@@ -293,17 +334,21 @@ pub async fn cancel_many(
                     op.chars().take(80).collect::<String>()
                 )));
             }
-            CancelTarget::Queued { op: op.as_deref() }
+            if status == TaskStatus::Queued {
+                CancelTarget::Queued { op: op.as_deref() }
+            } else {
+                CancelTarget::Running { op: op.as_deref() }
+            }
         }
         (None, Some(status), _) => {
             return Err(ApiError::bad_request(format!(
-                "only queued tasks can be cancelled, not {}",
+                "only queued and running tasks can be cancelled, not {}",
                 status.as_str()
             )));
         }
         (None, None, _) => {
             return Err(ApiError::bad_request(
-                "give `ids`, or `\"status\": \"queued\"` (and optionally `op`) to cancel every queued task",
+                "give `ids`, or `\"status\": \"queued\"` or `\"running\"` (and optionally `op`) to cancel every such task",
             ));
         }
     };
@@ -315,7 +360,7 @@ pub async fn cancel_many(
         .map_err(|err| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, err.to_string()))
 }
 
-#[utoipa::path(delete, path = "/tasks/{id}", tag = "tasks", params(("id" = u64, Path, description = "Task id")), responses((status = 200, description = "Cancelled", body = wire::planner::TaskView), (status = 400, description = "Not a task id", body = wire::ErrorBody), (status = 404, description = "No such task", body = wire::ErrorBody), (status = 409, description = "The task is running or finished", body = wire::ErrorBody), (status = 503, description = "The shared store could not be reached", body = wire::ErrorBody)))]
+#[utoipa::path(delete, path = "/tasks/{id}", tag = "tasks", params(("id" = u64, Path, description = "Task id")), responses((status = 200, description = "Cancelled (a running task is interrupted on its worker)", body = wire::planner::TaskView), (status = 400, description = "Not a task id", body = wire::ErrorBody), (status = 404, description = "No such task", body = wire::ErrorBody), (status = 409, description = "The task already finished, or runs on another planner replica", body = wire::ErrorBody), (status = 503, description = "The shared store could not be reached", body = wire::ErrorBody)))]
 pub async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<TaskId>,
@@ -327,7 +372,9 @@ pub async fn cancel(
         .map(Json)
         .map_err(|err| match err {
             CancelError::NotFound => ApiError::not_found(format!("no task {id}")),
-            CancelError::NotQueued(_) => ApiError::new(StatusCode::CONFLICT, err.to_string()),
+            CancelError::NotQueued(_) | CancelError::Elsewhere => {
+                ApiError::new(StatusCode::CONFLICT, err.to_string())
+            }
             CancelError::Store(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, err.to_string())
             }

@@ -5,10 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use wire::planner::TaskStatus;
+use wire::planner::{AttemptError, AttemptErrorKind, TaskStatus};
 use wire::{Output, TaskId};
 
-use super::{Answer, Assignment, Board, Effects};
+use super::{Answer, Assignment, Board, Effects, Progress};
 use crate::task::DispatchId;
 
 /// A worker that said it was busy although we counted a free slot is skipped
@@ -76,6 +76,16 @@ impl Board {
         if let Some(worker) = self.workers.get_mut(&*assignment.worker) {
             worker.cooldown_until = None;
             worker.refuses_token = false;
+        }
+        if let Output::Error(error) = &output
+            && self.retry_after_op_failure(assignment.task, error, effects)
+        {
+            if let Some(worker) = self.workers.get_mut(&*assignment.worker) {
+                worker.failed += 1;
+            }
+            return;
+        }
+        if let Some(worker) = self.workers.get_mut(&*assignment.worker) {
             match status {
                 TaskStatus::Done => worker.done += 1,
                 _ => worker.failed += 1,
@@ -129,6 +139,25 @@ impl Board {
         effects.requeued.push(id);
     }
 
+    /// Records that a dispatch of `id` got no answer.
+    fn record_lost(&mut self, id: TaskId, reason: &str) -> Option<Progress> {
+        let task = self.tasks.get_mut(&id)?;
+        let error = AttemptError {
+            attempt: task.attempts,
+            kind: AttemptErrorKind::Lost,
+            error: reason.to_string(),
+            worker: task.worker.as_deref().map(str::to_string),
+            at_ms: serve::now_ms(),
+        };
+        task.record_error(error);
+        Some(Progress {
+            id,
+            attempts: task.attempts,
+            retried: task.retried,
+            attempt_errors: task.attempt_errors.clone(),
+        })
+    }
+
     /// The dispatch got no answer: the task runs again, unless it used up
     /// its attempts.
     pub(super) fn settle_lost(
@@ -144,8 +173,11 @@ impl Board {
         if task.status != TaskStatus::Running || task.dispatch != Some(dispatch) {
             return;
         }
-        if task.attempts >= self.max_attempts {
-            let message = format!("gave up after {} attempts; last: {reason}", task.attempts);
+        // Worker losses count on their own: op failures retried are not
+        // dispatches lost.
+        let lost = task.attempts.saturating_sub(task.retried);
+        if lost >= self.max_attempts {
+            let message = format!("gave up after {lost} attempts that got no answer; last: {reason}");
             effects.finished.push(self.finish(
                 id,
                 TaskStatus::Failed,
@@ -153,7 +185,7 @@ impl Board {
                 None,
             ));
         } else {
-            effects.retried.push((id, task.attempts));
+            effects.retried.extend(self.record_lost(id, reason));
             effects.requeued.push(id);
             self.requeue_front(id);
         }
@@ -172,7 +204,7 @@ impl Board {
         task.started_at_ms = None;
         self.count(&op, TaskStatus::Running, -1);
         self.count(&op, TaskStatus::Queued, 1);
-        self.queues.entry(op).or_default().push_front(id);
         self.queued += 1;
+        self.enqueue(id, true);
     }
 }

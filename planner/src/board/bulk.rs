@@ -1,13 +1,13 @@
 //! Many tasks at once: a page of the task list, and cancelling queued tasks
 //! by the thousand in one request.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use wire::TaskId;
 use wire::planner::{TaskStatus, TaskView};
 
-use super::{Board, Finished};
+use super::{Board, Effects, Finished, OpQueue};
 use crate::task::Task;
 
 /// What `GET /tasks` asks for; every field narrows the list.
@@ -33,10 +33,12 @@ impl TaskFilter {
 /// The outcome of cancelling listed tasks.
 #[derive(Debug, Default)]
 pub struct Cancelled {
-    pub finished: Vec<Finished>,
+    /// The cancelled tasks, and the workers to interrupt.
+    pub effects: Effects,
     /// Not on the board (never existed, or finished long enough ago to be
     /// only in the store).
     pub not_found: Vec<TaskId>,
+    /// Already finished.
     pub not_queued: Vec<TaskId>,
 }
 
@@ -61,33 +63,36 @@ impl Board {
         ids.into_iter().filter_map(|id| self.view(id)).collect()
     }
 
-    /// Cancels those of `ids` that are queued. Each affected op's queue is
-    /// walked once for the whole request, not once per task.
+    /// Cancels those of `ids` that are queued or running (running ones are
+    /// interrupted on their workers). Each task leaves its queue by its key,
+    /// so the cost is the number of tasks cancelled.
     pub fn cancel_ids(&mut self, ids: &[TaskId]) -> Cancelled {
         let mut out = Cancelled::default();
-        let mut by_op: HashMap<Arc<str>, HashSet<TaskId>> = HashMap::new();
+        let mut seen = HashSet::new();
         for &id in ids {
-            match self.tasks.get(&id) {
+            if !seen.insert(id) {
+                continue;
+            }
+            match self.tasks.get(&id).map(|t| t.status) {
                 None => out.not_found.push(id),
-                Some(task) if task.status != TaskStatus::Queued => out.not_queued.push(id),
-                Some(task) => {
-                    by_op.entry(task.op.clone()).or_default().insert(id);
+                Some(TaskStatus::Queued) => {
+                    self.dequeue(id);
+                    let finished = self.finish(id, TaskStatus::Cancelled, None, None);
+                    out.effects.finished.push(finished);
                 }
+                Some(TaskStatus::Running) => {
+                    let finished = self.cancel_running(id, &mut out.effects);
+                    out.effects.finished.push(finished);
+                }
+                Some(_) => out.not_queued.push(id),
             }
-        }
-        for (op, doomed) in by_op {
-            if let Some(queue) = self.queues.get_mut(&op) {
-                queue.retain(|id| !doomed.contains(id));
-            }
-            let mut doomed: Vec<TaskId> = doomed.into_iter().collect();
-            doomed.sort_unstable();
-            self.cancel_dequeued(doomed, &mut out.finished);
         }
         out
     }
 
-    /// Cancels every queued task (of `op`, if given): each queue is taken
-    /// whole, so the cost is the number of tasks cancelled.
+    /// Cancels every queued task (of `op`, if given), including those
+    /// waiting out a retry's backoff: each queue is taken whole, so the cost
+    /// is the number of tasks cancelled.
     pub fn cancel_queued(&mut self, op: Option<&str>) -> Vec<Finished> {
         let ops: Vec<Arc<str>> = self
             .queues
@@ -100,23 +105,49 @@ impl Board {
             let queue = self
                 .queues
                 .get_mut(&op)
-                .map(std::mem::take)
+                .map(OpQueue::take)
                 .unwrap_or_default();
-            self.cancel_dequeued(queue, &mut finished);
+            for id in queue {
+                self.queued -= 1;
+                finished.push(self.finish(id, TaskStatus::Cancelled, None, None));
+            }
+        }
+        let delayed: Vec<TaskId> = self
+            .delayed
+            .iter()
+            .map(|(_, id)| *id)
+            .filter(|id| {
+                self.tasks
+                    .get(id)
+                    .is_some_and(|t| op.is_none_or(|o| &*t.op == o))
+            })
+            .collect();
+        for id in delayed {
+            self.dequeue(id);
+            finished.push(self.finish(id, TaskStatus::Cancelled, None, None));
         }
         finished
     }
 
-    /// Ids already taken out of their queue.
-    fn cancel_dequeued(
-        &mut self,
-        ids: impl IntoIterator<Item = TaskId>,
-        finished: &mut Vec<Finished>,
-    ) {
-        for id in ids {
-            self.queued -= 1;
-            finished.push(self.finish(id, TaskStatus::Cancelled, None, None));
+    /// Cancels every running task (of `op`, if given); their workers are
+    /// to be interrupted.
+    pub fn cancel_running_all(&mut self, op: Option<&str>) -> Effects {
+        let running: Vec<TaskId> = self
+            .workers
+            .values()
+            .flat_map(|w| w.in_flight.iter().copied())
+            .filter(|id| {
+                self.tasks.get(id).is_some_and(|t| {
+                    t.status == TaskStatus::Running && op.is_none_or(|o| &*t.op == o)
+                })
+            })
+            .collect();
+        let mut effects = Effects::default();
+        for id in running {
+            let finished = self.cancel_running(id, &mut effects);
+            effects.finished.push(finished);
         }
+        effects
     }
 }
 
@@ -142,7 +173,7 @@ mod tests {
     fn cancelling_by_id_takes_exactly_those_out_of_their_queues() {
         let mut board = board_with(&[(1, "mul"), (2, "add"), (3, "mul"), (4, "mul")]);
         let cancelled = board.cancel_ids(&[3, 1, 99]);
-        let mut ids: Vec<TaskId> = cancelled.finished.iter().map(|t| t.id).collect();
+        let mut ids: Vec<TaskId> = cancelled.effects.finished.iter().map(|t| t.id).collect();
         ids.sort_unstable();
         assert_eq!(ids, [1, 3]);
         assert_eq!(cancelled.not_found, [99]);

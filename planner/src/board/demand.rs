@@ -28,7 +28,8 @@ impl Board {
                 *per_op.entry(op).or_default() += free;
             }
         }
-        total -= self.queued as i64;
+        // Tasks waiting out a retry's backoff are not waiting for a slot.
+        total -= self.queued.saturating_sub(self.delayed.len()) as i64;
         let mut demand = Demand {
             ops: Vec::new(),
             per_op: Vec::new(),
@@ -66,13 +67,16 @@ impl Board {
         let orphaned = self.queued_unoffered_ops();
         let mut taken = Vec::new();
         for op in orphaned {
-            let Some(queue) = self.queues.remove(&op) else {
+            let Some(mut queue) = self.queues.remove(&op) else {
                 continue;
             };
-            for id in queue {
+            for id in queue.take() {
                 if let Some(task) = self.tasks.remove(&id) {
                     self.queued -= 1;
                     self.count(&op, TaskStatus::Queued, -1);
+                    if let Some(deadline) = task.deadline_ms() {
+                        self.deadlines.remove(&(deadline, id));
+                    }
                     taken.push((id, task.attempts));
                 }
             }
@@ -96,6 +100,8 @@ impl Board {
             }
         }
         self.queues.clear();
+        self.deadlines.clear();
+        self.delayed.clear();
         self.queued = 0;
         unfinished
     }
@@ -103,7 +109,8 @@ impl Board {
     /// Fails the queued tasks whose op no live worker here offers and that
     /// waited longer than `limit`, counted from their submission or this
     /// board's start, the later (a restarted planner gives its workers time
-    /// to come back).
+    /// to come back). A task whose own `timeout_ms` is longer asked to wait
+    /// longer: it waits until its deadline instead.
     pub fn expire_unoffered(&mut self, now_ms: u64, limit: std::time::Duration) -> Vec<Finished> {
         let limit_ms = limit.as_millis() as u64;
         let stale = self.queued_unoffered_ops();
@@ -113,27 +120,24 @@ impl Board {
                 continue;
             };
             let due: Vec<TaskId> = queue
-                .iter()
-                .copied()
+                .ids()
                 .filter(|id| {
                     self.tasks.get(id).is_some_and(|t| {
-                        now_ms.saturating_sub(t.submitted_at_ms.max(self.started_ms)) >= limit_ms
+                        t.controls.timeout_ms.is_none_or(|own| own <= limit_ms)
+                            && now_ms.saturating_sub(t.submitted_at_ms.max(self.started_ms))
+                                >= limit_ms
                     })
                 })
                 .collect();
             if due.is_empty() {
                 continue;
             }
-            let gone: std::collections::HashSet<TaskId> = due.iter().copied().collect();
-            if let Some(queue) = self.queues.get_mut(&op) {
-                queue.retain(|id| !gone.contains(id));
-            }
             let message = format!(
                 "no worker offered op `{op}` within {} s (UNOFFERED_OP_TIMEOUT_MS)",
                 limit.as_secs_f64()
             );
             for id in due {
-                self.queued -= 1;
+                self.dequeue(id);
                 expired.push(self.finish(
                     id,
                     TaskStatus::Failed,

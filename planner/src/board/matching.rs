@@ -6,7 +6,7 @@ use std::time::Instant;
 use wire::TaskId;
 use wire::planner::TaskStatus;
 
-use super::{Board, Worker};
+use super::{Board, QueueKey, Worker};
 use crate::task::DispatchId;
 
 /// A task handed to a worker: what the dispatcher sends, and the key its
@@ -25,23 +25,26 @@ pub struct Assignment {
 impl Board {
     /// Hands out as many queued tasks as there are free capable slots.
     ///
-    /// Oldest task first across ops (FIFO); for each, the most specialized
+    /// Highest priority first, then oldest, across ops; for each, the most specialized
     /// free worker that offers the op (fewest ops, then most free slots), so
     /// specialists take their op and generalists stay free for the rest.
     pub fn pump(&mut self, now: Instant) -> Vec<Assignment> {
         let mut assignments = Vec::new();
         loop {
-            let mut best: Option<(TaskId, Arc<str>, Arc<str>)> = None;
+            // Heads compare by priority, then age (see `QueueKey`).
+            let mut best: Option<(QueueKey, TaskId, Arc<str>, Arc<str>)> = None;
             for (op, queue) in &self.queues {
-                let Some(&head) = queue.front() else { continue };
-                if best.as_ref().is_some_and(|(oldest, _, _)| *oldest < head) {
+                let Some((key, head)) = queue.front() else {
+                    continue;
+                };
+                if best.as_ref().is_some_and(|(first, ..)| *first < key) {
                     continue;
                 }
                 if let Some(worker) = best_worker(self.workers.values(), op, now) {
-                    best = Some((head, op.clone(), worker.id.clone()));
+                    best = Some((key, head, op.clone(), worker.id.clone()));
                 }
             }
-            let Some((task_id, op, worker_id)) = best else {
+            let Some((_, task_id, op, worker_id)) = best else {
                 break;
             };
             if let Some(queue) = self.queues.get_mut(&op) {

@@ -11,14 +11,16 @@
 
 mod answers;
 mod bulk;
+mod controls;
 mod demand;
 mod matching;
 mod membership;
+mod queue;
 mod tasks;
 mod throughput;
 mod worker;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -26,7 +28,9 @@ use wire::planner::{Stats, TaskStatus};
 use wire::{Output, TaskId};
 
 pub use bulk::TaskFilter;
+pub use controls::{Interrupt, Progress, RETRY_BACKOFF_CAP_MS};
 pub use matching::Assignment;
+pub use queue::{OpQueue, QueueKey};
 pub use membership::IdTaken;
 pub use tasks::CancelError;
 pub use worker::Worker;
@@ -61,9 +65,12 @@ pub type Finished = Task;
 #[derive(Debug, Default)]
 pub struct Effects {
     pub finished: Vec<Finished>,
-    /// Tasks whose attempt count changed without finishing (persisted so a
-    /// restart keeps counting).
-    pub retried: Vec<(TaskId, u32)>,
+    /// Tasks whose attempt count (and attempt errors) changed without
+    /// finishing (persisted so a restart keeps counting).
+    pub retried: Vec<Progress>,
+    /// Running tasks that ended (cancelled, expired) whose workers should
+    /// stop their calls.
+    pub interrupts: Vec<Interrupt>,
     /// Tasks sent back to the queue (for the event stream).
     pub requeued: Vec<TaskId>,
     /// Workers dropped as dead.
@@ -72,7 +79,7 @@ pub struct Effects {
 
 pub struct Board {
     tasks: HashMap<TaskId, Task>,
-    queues: BTreeMap<Arc<str>, VecDeque<TaskId>>,
+    queues: BTreeMap<Arc<str>, OpQueue>,
     workers: BTreeMap<Arc<str>, Worker>,
     next_dispatch: DispatchId,
     /// Finished tasks in the order they finished, oldest first, so memory
@@ -86,6 +93,15 @@ pub struct Board {
     throughput: Throughput,
     /// When this board was made (unix ms).
     started_ms: u64,
+    /// Unfinished tasks with a deadline, soonest first.
+    deadlines: BTreeSet<(u64, TaskId)>,
+    /// Queued tasks waiting out a retry's backoff (not in their op's
+    /// queue), soonest first.
+    delayed: BTreeSet<(u64, TaskId)>,
+    /// The next place in front of every queue (decreasing).
+    front_seq: i64,
+    /// Retry backoff: the first wait and the longest (ms).
+    retry_backoff: (u64, u64),
 }
 
 impl Board {
@@ -102,6 +118,10 @@ impl Board {
             queued: 0,
             throughput: Throughput::new(Instant::now()),
             started_ms: serve::now_ms(),
+            deadlines: BTreeSet::new(),
+            delayed: BTreeSet::new(),
+            front_seq: 0,
+            retry_backoff: (controls::RETRY_BACKOFF_MS, controls::RETRY_BACKOFF_CAP_MS),
         }
     }
 
@@ -112,16 +132,21 @@ impl Board {
     /// Adds tasks to the back of their op's queue (or as they are, if final:
     /// a restart restoring recent history).
     pub fn insert(&mut self, tasks: impl IntoIterator<Item = Task>) {
-        for task in tasks {
+        for mut task in tasks {
             self.count(&task.op, task.status, 1);
             if task.status.is_final() {
                 self.finished_order.push_back(task.id);
             } else {
+                task.retry_at_ms = None;
+                task.queue_seq = QueueKey::back(task.priority(), task.id).seq();
                 self.queues
                     .entry(task.op.clone())
                     .or_default()
-                    .push_back(task.id);
+                    .push(QueueKey::back(task.priority(), task.id), task.id);
                 self.queued += 1;
+                if let Some(deadline) = task.deadline_ms() {
+                    self.deadlines.insert((deadline, task.id));
+                }
             }
             self.tasks.insert(task.id, task);
         }
@@ -151,6 +176,12 @@ impl Board {
         }
         task.dispatch = None;
         task.finished_at_ms = Some(serve::now_ms());
+        if let Some(deadline) = task.controls.deadline_ms {
+            self.deadlines.remove(&(deadline, id));
+        }
+        if let Some(at) = task.retry_at_ms.take() {
+            self.delayed.remove(&(at, id));
+        }
         let finished = task.clone();
         let op = finished.op.clone();
         self.count(&op, before, -1);

@@ -4,15 +4,19 @@ use wire::TaskId;
 use wire::planner::{TaskStatus, TaskView};
 
 use super::worker::Worker;
-use super::{Board, Finished};
+use super::{Board, Effects};
 use crate::task::Task;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CancelError {
     #[error("no such task")]
     NotFound,
-    #[error("the task is {}, only queued tasks can be cancelled", .0.as_str())]
+    #[error("the task is {}: only queued and running tasks can be cancelled", .0.as_str())]
     NotQueued(TaskStatus),
+    #[error(
+        "the task runs on another planner replica: only queued tasks and tasks running on the replica answering can be cancelled"
+    )]
+    Elsewhere,
     #[error("the store could not be reached: {0}")]
     Store(String),
 }
@@ -26,6 +30,9 @@ impl Board {
     fn waiting_reason(&self, task: &Task) -> Option<String> {
         if task.status != TaskStatus::Queued {
             return None;
+        }
+        if let Some(reason) = self.backoff_reason(task.id) {
+            return Some(reason);
         }
         let capable: Vec<&Worker> = self
             .workers
@@ -71,18 +78,25 @@ impl Board {
             .find_map(|w| w.ops.as_ref()?.get(op).map(|info| info.arity))
     }
 
-    /// Cancels a queued task. Running and finished tasks can't be cancelled.
-    pub fn cancel(&mut self, id: TaskId) -> Result<Finished, CancelError> {
+    /// Cancels a queued or running task (a running one's worker is to be
+    /// interrupted: see [`Effects::interrupts`]); the cancelled task is the
+    /// one in `finished`. Finished tasks can't be cancelled.
+    pub fn cancel(&mut self, id: TaskId) -> Result<Effects, CancelError> {
         let task = self.tasks.get(&id).ok_or(CancelError::NotFound)?;
-        if task.status != TaskStatus::Queued {
-            return Err(CancelError::NotQueued(task.status));
+        let mut effects = Effects::default();
+        match task.status {
+            TaskStatus::Queued => {
+                self.dequeue(id);
+                let finished = self.finish(id, TaskStatus::Cancelled, None, None);
+                effects.finished.push(finished);
+            }
+            TaskStatus::Running => {
+                let finished = self.cancel_running(id, &mut effects);
+                effects.finished.push(finished);
+            }
+            status => return Err(CancelError::NotQueued(status)),
         }
-        let op = task.op.clone();
-        if let Some(queue) = self.queues.get_mut(&op) {
-            queue.retain(|&queued| queued != id);
-        }
-        self.queued -= 1;
-        Ok(self.finish(id, TaskStatus::Cancelled, None, None))
+        Ok(effects)
     }
 }
 
@@ -114,9 +128,6 @@ impl Board {
         shrink_map(&mut self.tasks);
         shrink_deque(&mut self.finished_order);
         self.queues.retain(|_, queue| !queue.is_empty());
-        for queue in self.queues.values_mut() {
-            shrink_deque(queue);
-        }
     }
 }
 

@@ -1,4 +1,5 @@
 use super::*;
+use crate::task::Controls;
 use std::time::{Duration, Instant};
 use wire::planner::Registration;
 
@@ -159,16 +160,116 @@ fn a_legacy_worker_that_lacks_an_op_is_not_asked_again() {
 }
 
 #[test]
-fn only_queued_tasks_can_be_cancelled() {
+fn queued_and_running_tasks_can_be_cancelled_and_a_running_ones_worker_is_interrupted() {
     let mut board = Board::new(3, 100);
     submit(&mut board, 1, "add");
-    assert_eq!(board.cancel(1).unwrap().status, TaskStatus::Cancelled);
+    let effects = board.cancel(1).unwrap();
+    assert_eq!(effects.finished[0].status, TaskStatus::Cancelled);
+    assert!(effects.interrupts.is_empty());
     assert_eq!(
         board.cancel(1).unwrap_err(),
         CancelError::NotQueued(TaskStatus::Cancelled)
     );
     assert_eq!(board.cancel(7).unwrap_err(), CancelError::NotFound);
     assert_eq!(board.queued(), 0);
+
+    register(&mut board, "w", &["add"], 1);
+    submit(&mut board, 2, "add");
+    submit(&mut board, 3, "add");
+    let running = board.pump(Instant::now()).remove(0);
+    let effects = board.cancel(2).unwrap();
+    assert_eq!(effects.finished[0].status, TaskStatus::Cancelled);
+    assert_eq!(effects.interrupts.len(), 1);
+    assert_eq!(&*effects.interrupts[0].url, "http://w");
+    // The slot is the worker's until it answers the dispatch (interrupted).
+    assert!(board.pump(Instant::now()).is_empty());
+    assert!(board.settle(&running, done(3)).finished.is_empty());
+    assert_eq!(board.view(2).unwrap().status, TaskStatus::Cancelled);
+    assert_eq!(board.pump(Instant::now())[0].task, 3);
+}
+
+#[test]
+fn deadlines_expire_queued_and_running_tasks_when_due() {
+    let mut board = Board::new(3, 100);
+    register(&mut board, "w", &["add"], 1);
+    let task = |id, deadline| {
+        Task::new(id, "add".into(), vec![1, 2].into(), 1000).with_controls(Controls {
+            deadline_ms: Some(deadline),
+            ..Controls::default()
+        })
+    };
+    board.insert([task(1, 5000), task(2, 3000)]);
+    let running = board.pump(Instant::now()).remove(0);
+    assert_eq!(running.task, 1);
+    assert_eq!(board.next_due_ms(), Some(3000));
+    assert!(board.tick(2999).finished.is_empty());
+    let effects = board.tick(3000);
+    assert_eq!(effects.finished[0].id, 2);
+    assert_eq!(effects.finished[0].status, TaskStatus::Expired);
+    assert_eq!(board.queued(), 0);
+    let effects = board.tick(6000);
+    assert_eq!(effects.finished[0].status, TaskStatus::Expired);
+    assert_eq!(effects.interrupts.len(), 1, "the running one is interrupted");
+    assert_eq!(board.next_due_ms(), None);
+    assert_eq!(board.stats().by_status["expired"], 2);
+}
+
+#[test]
+fn an_op_failure_with_retries_left_runs_again_after_its_backoff() {
+    let mut board = Board::new(3, 100);
+    board.set_retry_backoff(1000, 60_000);
+    register(&mut board, "w", &["add"], 1);
+    board.insert([
+        Task::new(1, "add".into(), vec![1, 2].into(), 0).with_controls(Controls {
+            retries: 1,
+            ..Controls::default()
+        }),
+    ]);
+    let failed = || Answer::Done {
+        output: Output::Error("overflow".into()),
+        digest: None,
+    };
+    let first = board.pump(Instant::now()).remove(0);
+    let effects = board.settle(&first, failed());
+    assert!(effects.finished.is_empty());
+    assert_eq!(effects.retried[0].retried, 1);
+    let view = board.view(1).unwrap();
+    assert_eq!(view.status, TaskStatus::Queued);
+    assert_eq!(view.attempt_errors.len(), 1);
+    assert!(view.waiting_for.unwrap().contains("retry 1 of 1"));
+    // Not before its backoff.
+    assert!(board.pump(Instant::now()).is_empty());
+    let due = board.next_due_ms().unwrap();
+    assert!(due >= view.attempt_errors[0].at_ms + 1000);
+    assert_eq!(board.tick(due).requeued, [1]);
+    let second = board.pump(Instant::now()).remove(0);
+    let effects = board.settle(&second, failed());
+    assert_eq!(effects.finished[0].status, TaskStatus::Failed, "no retries left");
+    assert_eq!(effects.finished[0].attempts, 2);
+}
+
+#[test]
+fn worker_losses_count_apart_from_op_failures_retried() {
+    let mut board = Board::new(1, 100);
+    board.set_retry_backoff(0, 0);
+    register(&mut board, "w", &["add"], 1);
+    board.insert([
+        Task::new(1, "add".into(), vec![1, 2].into(), 0).with_controls(Controls {
+            retries: 2,
+            ..Controls::default()
+        }),
+    ]);
+    for _ in 0..2 {
+        let sent = board.pump(Instant::now()).remove(0);
+        let answer = Answer::Done {
+            output: Output::Error("boom".into()),
+            digest: None,
+        };
+        assert!(board.settle(&sent, answer).finished.is_empty());
+        board.tick(u64::MAX);
+    }
+    let sent = board.pump(Instant::now()).remove(0);
+    assert_eq!(board.settle(&sent, done(3)).finished[0].attempts, 3);
 }
 
 #[test]

@@ -11,9 +11,9 @@ use crate::store::StoreError;
 pub enum CancelTarget<'a> {
     Ids(&'a [TaskId]),
     /// Every queued task, of this op if given.
-    Queued {
-        op: Option<&'a str>,
-    },
+    Queued { op: Option<&'a str> },
+    /// Every task running on this planner's workers, of this op if given.
+    Running { op: Option<&'a str> },
 }
 
 impl Planner {
@@ -59,17 +59,34 @@ impl Planner {
         let (target_ids, target_op) = match &target {
             CancelTarget::Ids(ids) => (Some(*ids), None),
             CancelTarget::Queued { op } => (None, *op),
+            CancelTarget::Running { op } => {
+                let effects = self.board().cancel_running_all(*op);
+                let report = CancelReport {
+                    cancelled: effects.finished.len() as u64,
+                    ..CancelReport::default()
+                };
+                self.apply(effects);
+                return Ok(report);
+            }
         };
-        let (finished, not_found, mut not_queued) = match target {
+        let (effects, not_found, mut not_queued) = match target {
             CancelTarget::Ids(ids) => {
                 let cancelled = self.board().cancel_ids(ids);
                 (
-                    cancelled.finished,
+                    cancelled.effects,
                     cancelled.not_found,
                     cancelled.not_queued,
                 )
             }
-            CancelTarget::Queued { op } => (self.board().cancel_queued(op), Vec::new(), Vec::new()),
+            CancelTarget::Queued { op } => (
+                Effects {
+                    finished: self.board().cancel_queued(op),
+                    ..Effects::default()
+                },
+                Vec::new(),
+                Vec::new(),
+            ),
+            CancelTarget::Running { .. } => (Effects::default(), Vec::new(), Vec::new()),
         };
         let mut not_found = not_found;
         // With a shared store, queued tasks no replica has claimed yet are
@@ -97,17 +114,14 @@ impl Planner {
             }
         }
         let report = CancelReport {
-            cancelled: (finished.len() + elsewhere.len()) as u64,
+            cancelled: (effects.finished.len() + elsewhere.len()) as u64,
             not_found: unknown,
             not_queued,
         };
         for task in &elsewhere {
             self.answer_waiters(task);
         }
-        self.apply(Effects {
-            finished,
-            ..Effects::default()
-        });
+        self.apply(effects);
         Ok(report)
     }
 }

@@ -42,6 +42,8 @@ pub struct Limits {
     pub heartbeat_timeout: Duration,
     /// How long a task may wait for a worker offering its op (`None`: forever).
     pub unoffered_op: Option<Duration>,
+    /// The deadline of a task that gives none (`TASK_TIMEOUT_MS`; `None`: none).
+    pub task_timeout_ms: Option<u64>,
 }
 
 pub struct Planner {
@@ -153,9 +155,10 @@ impl Planner {
     }
 
     fn apply(&self, effects: Effects) {
-        for (id, attempts) in effects.retried {
-            self.store.attempts(id, attempts);
+        for progress in effects.retried {
+            self.store.progress(progress);
         }
+        self.interrupt(effects.interrupts);
         for id in effects.dropped {
             self.publish_worker(&id, WorkerChange::Dropped);
         }

@@ -1,20 +1,28 @@
-//! Submitting, reading and cancelling tasks.
+//! Submitting, reading and cancelling tasks; the clock of their controls
+//! (deadlines, retry backoff).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 use wire::TaskId;
 use wire::planner::{NewTask, TaskView};
 
 use super::Planner;
-use crate::board::{CancelError, Effects};
+use crate::board::{CancelError, Interrupt};
 use crate::events::Event;
-use crate::store::StoreError;
-use crate::task::Task;
+use crate::store::{Idempotency, Insertion, StoreError};
+use crate::task::{Controls, Task};
 use crate::telemetry;
 
 /// Most arguments a task may carry.
 pub const MAX_ARGS: usize = 64;
+
+/// The longest the controls' clock sleeps without looking (a task may have
+/// got an earlier deadline meanwhile).
+const CONTROLS_TICK: Duration = Duration::from_millis(50);
+/// How often the shared store is asked for unclaimed tasks past their deadline.
+const SHARED_EXPIRY_EVERY: Duration = Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
@@ -24,6 +32,20 @@ pub enum SubmitError {
     QueueFull { limit: usize },
     #[error("could not persist the task: {0}")]
     Store(#[from] StoreError),
+    #[error(
+        "this Idempotency-Key was used with a different submission; a key names one submission (use a new key for new work)"
+    )]
+    KeyReused,
+}
+
+/// What a submission got.
+pub struct Submitted {
+    pub ids: Vec<TaskId>,
+    /// With `wait`: one per task, resolving when it reaches a final state.
+    pub receivers: Vec<oneshot::Receiver<TaskView>>,
+    /// The idempotency key had been used by this same submission: these
+    /// are the first one's tasks; nothing new was queued.
+    pub replayed: bool,
 }
 
 impl Planner {
@@ -34,8 +56,26 @@ impl Planner {
         new: Vec<NewTask>,
         wait: bool,
     ) -> Result<(Vec<TaskId>, Vec<oneshot::Receiver<TaskView>>), SubmitError> {
+        let submitted = self.submit_keyed(new, wait, None).await?;
+        Ok((submitted.ids, submitted.receivers))
+    }
+
+    /// [`Planner::submit`] with an idempotency key: a submission repeating
+    /// a stored key gets the first one's ids (if it is the same submission)
+    /// and queues nothing.
+    pub async fn submit_keyed(
+        self: &Arc<Self>,
+        new: Vec<NewTask>,
+        wait: bool,
+        key: Option<Idempotency>,
+    ) -> Result<Submitted, SubmitError> {
         if new.is_empty() {
             return Err(SubmitError::Invalid("no tasks in the submission".into()));
+        }
+        if let Some(key) = &key
+            && let Some(replay) = self.store.idempotent(&key.key).await?
+        {
+            return self.replay(replay, key, wait).await;
         }
         self.validate(&new)?;
         let queued = self
@@ -51,10 +91,24 @@ impl Planner {
         let tasks: Vec<Task> = new
             .into_iter()
             .zip(ids)
-            .map(|(t, id)| Task::new(id, t.op.into(), t.args.into(), now))
+            .map(|(t, id)| {
+                let controls = self.controls_of(&t, now);
+                Task::new(id, t.op.into(), t.args.into(), now).with_controls(controls)
+            })
             .collect();
         let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
-        self.store.insert(tasks.clone()).await?;
+        if let Insertion::Replay { .. } = self.store.insert(tasks.clone(), key.clone()).await? {
+            // Another submission with this key won the race: answer as it did.
+            let Some(key) = &key else {
+                return Err(SubmitError::Invalid("a replay without a key".into()));
+            };
+            let replay = self
+                .store
+                .idempotent(&key.key)
+                .await?
+                .ok_or_else(|| SubmitError::Invalid("the idempotency key vanished".into()))?;
+            return self.replay(replay, key, wait).await;
+        }
         let receivers = if wait {
             self.subscribe(&ids)
         } else {
@@ -78,10 +132,81 @@ impl Planner {
             self.board().insert(tasks);
             self.pump();
         }
-        Ok((ids, receivers))
+        Ok(Submitted {
+            ids,
+            receivers,
+            replayed: false,
+        })
+    }
+
+    /// The answer to a submission whose key was stored: the first one's
+    /// ids, if it was the same submission.
+    async fn replay(
+        &self,
+        replay: Insertion,
+        key: &Idempotency,
+        wait: bool,
+    ) -> Result<Submitted, SubmitError> {
+        let Insertion::Replay { ids, request } = replay else {
+            return Err(SubmitError::Invalid("not a replay".into()));
+        };
+        if request != key.request {
+            return Err(SubmitError::KeyReused);
+        }
+        let receivers = if wait {
+            self.subscribe_existing(&ids).await?
+        } else {
+            Vec::new()
+        };
+        Ok(Submitted {
+            ids,
+            receivers,
+            replayed: true,
+        })
+    }
+
+    /// Receivers for tasks that may have finished already (a replayed
+    /// submission's): those resolve at once.
+    async fn subscribe_existing(
+        &self,
+        ids: &[TaskId],
+    ) -> Result<Vec<oneshot::Receiver<TaskView>>, StoreError> {
+        let receivers = self.subscribe(ids);
+        for id in ids {
+            if let Some(view) = self.view(*id).await?
+                && view.status.is_final()
+            {
+                let list = self
+                    .waiters
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(id);
+                for waiter in list.into_iter().flatten() {
+                    let _ = waiter.send(view.clone());
+                }
+            }
+        }
+        Ok(receivers)
+    }
+
+    fn controls_of(&self, task: &NewTask, now_ms: u64) -> Controls {
+        let timeout = task.timeout_ms.or(self.limits.task_timeout_ms);
+        Controls {
+            priority: task.priority.unwrap_or(0).clamp(
+                wire::controls::MIN_PRIORITY.into(),
+                wire::controls::MAX_PRIORITY.into(),
+            ) as i8,
+            retries: task
+                .retries
+                .unwrap_or(0)
+                .min(wire::controls::MAX_RETRIES.into()) as u32,
+            timeout_ms: task.timeout_ms,
+            deadline_ms: timeout.map(|t| now_ms.saturating_add(t)),
+        }
     }
 
     fn validate(&self, new: &[NewTask]) -> Result<(), SubmitError> {
+        use wire::controls::{MAX_PRIORITY, MAX_RETRIES, MAX_TIMEOUT_MS, MIN_PRIORITY};
         let board = self.board();
         for (i, task) in new.iter().enumerate() {
             let at = if new.len() > 1 {
@@ -96,6 +221,27 @@ impl Planner {
                 return Err(SubmitError::Invalid(format!(
                     "{at}too many arguments ({} > {MAX_ARGS})",
                     task.args.len()
+                )));
+            }
+            if let Some(timeout) = task.timeout_ms
+                && !(1..=MAX_TIMEOUT_MS).contains(&timeout)
+            {
+                return Err(SubmitError::Invalid(format!(
+                    "{at}`timeout_ms` is {timeout}: from 1 to {MAX_TIMEOUT_MS} (7 days)"
+                )));
+            }
+            if let Some(retries) = task.retries
+                && retries > u64::from(MAX_RETRIES)
+            {
+                return Err(SubmitError::Invalid(format!(
+                    "{at}`retries` is {retries}: at most {MAX_RETRIES}"
+                )));
+            }
+            if let Some(priority) = task.priority
+                && !(i64::from(MIN_PRIORITY)..=i64::from(MAX_PRIORITY)).contains(&priority)
+            {
+                return Err(SubmitError::Invalid(format!(
+                    "{at}`priority` is {priority}: from {MIN_PRIORITY} to {MAX_PRIORITY}"
                 )));
             }
             if let Some(arity) = board.known_arity(&task.op)
@@ -136,29 +282,96 @@ impl Planner {
         Ok(Some(task.view(waiting_for)))
     }
 
+    /// Cancels a queued task, or a running one (its worker is told to stop
+    /// the call at once).
     pub async fn cancel(&self, id: TaskId) -> Result<TaskView, CancelError> {
         let on_board = self.board().cancel(id);
-        let cancelled = match on_board {
+        let effects = match on_board {
             Err(CancelError::NotFound) if self.replica.is_some() => {
                 let Some(pg) = self.store.shared() else {
                     return Err(CancelError::NotFound);
                 };
                 // Not held here: cancel it in the database if no replica
                 // has claimed it yet.
-                let cancelled = pg
+                let cancelled = match pg
                     .cancel_unclaimed(id, serve::now_ms())
                     .await
-                    .map_err(|e| CancelError::Store(e.to_string()))??;
+                    .map_err(|e| CancelError::Store(e.to_string()))?
+                {
+                    Err(CancelError::NotQueued(wire::planner::TaskStatus::Running)) => {
+                        return Err(CancelError::Elsewhere);
+                    }
+                    other => other?,
+                };
                 self.answer_waiters(&cancelled);
                 return Ok(cancelled.view(None));
             }
             other => other?,
         };
-        let view = cancelled.view(None);
-        self.apply(Effects {
-            finished: vec![cancelled],
-            ..Effects::default()
-        });
+        let view = effects
+            .finished
+            .first()
+            .map(|t| t.view(None))
+            .ok_or(CancelError::NotFound)?;
+        // A running task's slot frees when its worker answers the dispatch
+        // (at once, interrupted); that answer pumps.
+        self.apply(effects);
         Ok(view)
+    }
+
+    /// Tells workers to stop the calls of tasks that ended meanwhile
+    /// (cancelled, expired). Best effort: a worker that does not hear it
+    /// finishes the call, and its answer is ignored.
+    pub(super) fn interrupt(&self, interrupts: Vec<Interrupt>) {
+        for interrupt in interrupts {
+            self.dispatcher.interrupt(interrupt);
+        }
+    }
+
+    /// The clock of the task controls, until the process ends: expires
+    /// tasks past their deadline (interrupting running ones) and requeues
+    /// tasks whose retry backoff is over, each when it is due.
+    pub async fn controls_forever(self: Arc<Self>) {
+        let mut last_shared = std::time::Instant::now();
+        loop {
+            let next = self.board().next_due_ms();
+            let wait = next.map_or(CONTROLS_TICK, |due| {
+                Duration::from_millis(due.saturating_sub(serve::now_ms())).min(CONTROLS_TICK)
+            });
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            let effects = self.board().tick(serve::now_ms());
+            if !effects.finished.is_empty() || !effects.requeued.is_empty() {
+                let expired = effects.finished.len();
+                if expired > 0 {
+                    tracing::info!(tasks = expired, "tasks expired: their deadline passed");
+                }
+                self.apply(effects);
+                self.pump();
+            }
+            if self.replica.is_some() && last_shared.elapsed() >= SHARED_EXPIRY_EVERY {
+                last_shared = std::time::Instant::now();
+                self.expire_shared().await;
+            }
+        }
+    }
+
+    /// Expires the tasks past their deadline that no replica has claimed.
+    async fn expire_shared(&self) {
+        let Some(pg) = self.store.shared() else {
+            return;
+        };
+        match pg.expire_unclaimed(serve::now_ms()).await {
+            Ok(expired) if !expired.is_empty() => {
+                self.finished_shared(expired.len());
+                for task in &expired {
+                    self.answer_waiters(task);
+                    telemetry::finished(task);
+                }
+            }
+            Ok(_) => {}
+            Err(err) => tracing::debug!(error = %err, "expiring unclaimed tasks failed; retrying"),
+        }
     }
 }

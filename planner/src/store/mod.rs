@@ -20,6 +20,7 @@ use std::sync::mpsc;
 use tokio::sync::oneshot;
 use wire::TaskId;
 
+use crate::board::Progress;
 use crate::task::Task;
 
 #[derive(Debug, Clone)]
@@ -88,20 +89,78 @@ pub struct Expiry {
     pub chunk: usize,
 }
 
+/// An idempotency key as stored: digests only, so any bytes a client sends
+/// take the same small room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Idempotency {
+    /// Hex sha256 of the key.
+    pub key: String,
+    /// Hex sha256 of the submission it came with (its canonical JSON).
+    pub request: String,
+    pub created_at_ms: u64,
+}
+
+/// What became of an insertion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Insertion {
+    Inserted,
+    /// Its idempotency key was used before: nothing was inserted; these are
+    /// the first submission's ids and digest.
+    Replay { ids: Vec<TaskId>, request: String },
+}
+
+/// Ids as runs of consecutive ids, `[[first, count], ...]`: a batch's ids
+/// are usually one run.
+fn ids_to_runs(ids: &[TaskId]) -> String {
+    let mut runs: Vec<[u64; 2]> = Vec::new();
+    for &id in ids {
+        match runs.last_mut() {
+            Some([first, count]) if *first + *count == id => *count += 1,
+            _ => runs.push([id, 1]),
+        }
+    }
+    serde_json::to_string(&runs).unwrap_or_else(|_| "[]".into())
+}
+
+fn runs_to_ids(text: &str) -> Vec<TaskId> {
+    let runs: Vec<[u64; 2]> = serde_json::from_str(text).unwrap_or_default();
+    runs.iter()
+        .flat_map(|[first, count]| *first..first.saturating_add(*count))
+        .collect()
+}
+
+/// A task's earlier attempts' errors as stored (JSON), `None` when none.
+fn errors_json(task_errors: &[wire::planner::AttemptError]) -> Option<String> {
+    (!task_errors.is_empty()).then(|| serde_json::to_string(task_errors).unwrap_or_default())
+}
+
+fn errors_from_json(text: Option<&str>) -> Vec<wire::planner::AttemptError> {
+    text.and_then(|t| serde_json::from_str(t).ok())
+        .unwrap_or_default()
+}
+
 /// What the PostgreSQL store's writer takes.
 enum Write {
-    Insert(Vec<Task>, oneshot::Sender<Result<(), String>>),
+    Insert(
+        Vec<Task>,
+        Option<Idempotency>,
+        oneshot::Sender<Result<Insertion, String>>,
+    ),
     Finished(Task),
-    Attempts(TaskId, u32),
+    Progress(Progress),
     Flush(oneshot::Sender<()>),
 }
 
 /// What the SQLite store's writer takes: the same, plus retention's
 /// deletes, with typed errors (a full disk is told apart).
 enum SqliteWrite {
-    Insert(Vec<Task>, oneshot::Sender<Result<(), CommitError>>),
+    Insert(
+        Vec<Task>,
+        Option<Idempotency>,
+        oneshot::Sender<Result<Insertion, CommitError>>,
+    ),
     Finished(Task),
-    Attempts(TaskId, u32),
+    Progress(Progress),
     Expire(Expiry, oneshot::Sender<Result<u64, CommitError>>),
     Flush(oneshot::Sender<()>),
 }
@@ -138,6 +197,8 @@ pub struct Store {
     /// ids from a sequence).
     next_id: AtomicU64,
     postgres: Option<postgres::PgStore>,
+    /// Idempotency keys of a memory store: key → (request, ids, created).
+    memory_keys: Mutex<std::collections::HashMap<String, (String, Vec<TaskId>, u64)>>,
 }
 
 impl Store {
@@ -150,6 +211,7 @@ impl Store {
             thread: Mutex::new(None),
             next_id: AtomicU64::new(0),
             postgres: Some(store),
+            memory_keys: Mutex::default(),
         }
     }
 
@@ -176,6 +238,7 @@ impl Store {
                     thread: Mutex::new(None),
                     next_id: AtomicU64::new(next_id),
                     postgres: None,
+                    memory_keys: Mutex::default(),
                 };
                 return Ok((
                     store,
@@ -207,6 +270,7 @@ impl Store {
             thread: Mutex::new(Some(thread)),
             next_id: AtomicU64::new(recovered.next_id),
             postgres: None,
+            memory_keys: Mutex::default(),
         };
         Ok((store, recovered))
     }
@@ -220,22 +284,61 @@ impl Store {
         self.writer.is_some() || self.postgres.is_some()
     }
 
-    /// Persists new tasks; resolves once they are committed to disk.
-    pub async fn insert(&self, tasks: Vec<Task>) -> Result<(), StoreError> {
+    /// Persists new tasks; resolves once they are committed to disk. With
+    /// an idempotency key already stored, inserts nothing and answers the
+    /// first submission's ids (decided in the same transaction, so two
+    /// submissions racing with one key insert once).
+    pub async fn insert(
+        &self,
+        tasks: Vec<Task>,
+        key: Option<Idempotency>,
+    ) -> Result<Insertion, StoreError> {
         if let Some(pg) = &self.postgres {
-            return Ok(pg.insert(tasks).await?);
+            return Ok(pg.insert(tasks, key).await?);
         }
         let Some(writer) = &self.writer else {
-            return Ok(());
+            return Ok(self.insert_key_in_memory(&tasks, key));
         };
         let (ack, done) = oneshot::channel();
         writer
-            .send(SqliteWrite::Insert(tasks, ack))
+            .send(SqliteWrite::Insert(tasks, key, ack))
             .map_err(|_| StoreError::Stopped)?;
         match done.await {
             Ok(result) => Ok(result?),
             Err(_) => Err(StoreError::Stopped),
         }
+    }
+
+    fn insert_key_in_memory(&self, tasks: &[Task], key: Option<Idempotency>) -> Insertion {
+        let Some(key) = key else {
+            return Insertion::Inserted;
+        };
+        let mut keys = self.memory_keys.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((request, ids, _)) = keys.get(&key.key) {
+            return Insertion::Replay {
+                ids: ids.clone(),
+                request: request.clone(),
+            };
+        }
+        let ids = tasks.iter().map(|t| t.id).collect();
+        keys.insert(key.key, (key.request, ids, key.created_at_ms));
+        Insertion::Inserted
+    }
+
+    /// The ids and request digest stored under an idempotency key, if any.
+    pub async fn idempotent(&self, key: &str) -> Result<Option<Insertion>, StoreError> {
+        if let Some(pg) = &self.postgres {
+            return Ok(pg.idempotent(key).await?);
+        }
+        let Some(reader) = &self.reader else {
+            let keys = self.memory_keys.lock().unwrap_or_else(|p| p.into_inner());
+            return Ok(keys.get(key).map(|(request, ids, _)| Insertion::Replay {
+                ids: ids.clone(),
+                request: request.clone(),
+            }));
+        };
+        let conn = reader.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(sqlite::idempotent(&conn, key)?)
     }
 
     /// Deletes one chunk of expired finished tasks; returns how many. Goes
@@ -250,6 +353,12 @@ impl Store {
             return Ok(pg_retention::expire(pg.pool(), before, expiry.chunk).await?);
         }
         let Some(writer) = &self.writer else {
+            if let Some(before) = expiry.finished_before_ms {
+                self.memory_keys
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .retain(|_, (_, _, created)| *created >= before);
+            }
             return Ok(0);
         };
         let (ack, done) = oneshot::channel();
@@ -285,11 +394,12 @@ impl Store {
         }
     }
 
-    pub fn attempts(&self, id: TaskId, attempts: u32) {
+    /// Records a task's attempts and their errors (it runs again), written behind.
+    pub fn progress(&self, progress: Progress) {
         if let Some(pg) = &self.postgres {
-            pg.attempts(id, attempts);
+            pg.progress(progress);
         } else if let Some(writer) = &self.writer {
-            let _ = writer.send(SqliteWrite::Attempts(id, attempts));
+            let _ = writer.send(SqliteWrite::Progress(progress));
         }
     }
 
@@ -399,6 +509,10 @@ fn write_loop(
             }
         }
         let result = sqlite::apply(&mut conn, &batch, &mut retained).map_err(CommitError::from);
+        let mut replays = result
+            .as_ref()
+            .map(|applied| applied.replays.clone())
+            .unwrap_or_default();
         if let Err(err) = &result {
             match err {
                 CommitError::DiskFull => {
@@ -412,11 +526,15 @@ fn write_loop(
                 }
             }
         }
-        let mut expired = result.as_ref().map(|e| e.iter()).ok();
-        for write in batch {
+        let mut expired = result.as_ref().map(|e| e.expired.iter()).ok();
+        for (index, write) in batch.into_iter().enumerate() {
             match write {
-                SqliteWrite::Insert(_, ack) => {
-                    let _ = ack.send(result.as_ref().map(|_| ()).map_err(Clone::clone));
+                SqliteWrite::Insert(_, _, ack) => {
+                    let answer = match &result {
+                        Err(err) => Err(err.clone()),
+                        Ok(_) => Ok(replays.remove(&index).unwrap_or(Insertion::Inserted)),
+                    };
+                    let _ = ack.send(answer);
                 }
                 SqliteWrite::Expire(_, ack) => {
                     let answer = match (&result, expired.as_mut()) {
@@ -429,7 +547,7 @@ fn write_loop(
                 SqliteWrite::Flush(ack) => {
                     let _ = ack.send(());
                 }
-                write @ (SqliteWrite::Finished(_) | SqliteWrite::Attempts(..)) => {
+                write @ (SqliteWrite::Finished(_) | SqliteWrite::Progress(..)) => {
                     if result.is_err() {
                         held.push(write);
                     }

@@ -25,14 +25,18 @@ use super::postgres::PgError;
 /// The index the batches are picked through: the oldest finished first.
 /// Built concurrently (never locking the table against writes) by
 /// [`prepare`]; belongs in a migration once the schema settles.
-const EXPIRY_INDEX: &str = "CREATE INDEX CONCURRENTLY IF NOT EXISTS tasks_expiry \
-     ON tasks (finished_at_ms) WHERE status IN ('done', 'failed', 'cancelled')";
+/// (`tasks_finished` replaces `tasks_expiry`, which did not cover the
+/// `expired` status: dropped once the new one is in.)
+const EXPIRY_INDEX: &str = "CREATE INDEX CONCURRENTLY IF NOT EXISTS tasks_finished \
+     ON tasks (finished_at_ms) WHERE status NOT IN ('queued', 'running')";
+const OLD_EXPIRY_INDEX: &str = "DROP INDEX CONCURRENTLY IF EXISTS tasks_expiry";
 
 /// Makes sure the expiry index exists. Idempotent; safe with several
 /// planners starting at once (one builds it, the others wait or see it).
 pub async fn prepare(pool: &Pool) -> Result<(), PgError> {
     let client = pool.get().await?;
     client.batch_execute(EXPIRY_INDEX).await?;
+    client.batch_execute(OLD_EXPIRY_INDEX).await?;
     Ok(())
 }
 
@@ -44,8 +48,17 @@ pub async fn expire(pool: &Pool, before_ms: u64, chunk: usize) -> Result<u64, Pg
         .execute(
             "DELETE FROM tasks WHERE id IN (
                 SELECT id FROM tasks
-                WHERE status IN ('done', 'failed', 'cancelled') AND finished_at_ms < $1
+                WHERE status NOT IN ('queued', 'running') AND finished_at_ms < $1
                 ORDER BY finished_at_ms LIMIT $2
+                FOR UPDATE SKIP LOCKED)",
+            &[&(before_ms as i64), &(chunk as i64)],
+        )
+        .await?;
+    // Idempotency keys live as long as results.
+    client
+        .execute(
+            "DELETE FROM idempotency WHERE key IN (
+                SELECT key FROM idempotency WHERE created_at_ms < $1 LIMIT $2
                 FOR UPDATE SKIP LOCKED)",
             &[&(before_ms as i64), &(chunk as i64)],
         )

@@ -6,8 +6,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use wire::Output;
 use wire::planner::TaskStatus;
 
-use super::{Recovered, SqliteWrite as Write};
-use crate::task::Task;
+use super::{Insertion, Recovered, SqliteWrite as Write};
+use crate::task::{Controls, Task};
 
 /// The WAL is truncated back to this after a checkpoint, so a burst does
 /// not leave a large file behind.
@@ -44,15 +44,55 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
             finished_at_ms INTEGER
         );
         CREATE INDEX IF NOT EXISTS tasks_unfinished ON tasks(status) WHERE status IN ('queued', 'running');
-        -- Retention deletes the oldest finished tasks first.
-        CREATE INDEX IF NOT EXISTS tasks_expiry ON tasks(finished_at_ms)
-            WHERE status IN ('done', 'failed', 'cancelled');
         CREATE TABLE IF NOT EXISTS counters (
             name TEXT PRIMARY KEY,
             value INTEGER NOT NULL
         );",
     )?;
+    add_control_columns(&conn)?;
+    conn.execute_batch(
+        "-- Retention deletes the oldest finished tasks first. (Replaces
+        -- `tasks_expiry`, which did not cover `expired`.)
+        DROP INDEX IF EXISTS tasks_expiry;
+        CREATE INDEX IF NOT EXISTS tasks_finished ON tasks(finished_at_ms)
+            WHERE status NOT IN ('queued', 'running');
+        -- Idempotency keys (sha256 of the key) → the ids of the submission
+        -- that first used them, for RESULT_TTL.
+        CREATE TABLE IF NOT EXISTS idempotency (
+            key TEXT PRIMARY KEY,
+            request TEXT NOT NULL,
+            ids TEXT NOT NULL,
+            first_id INTEGER NOT NULL,
+            created_at_ms INTEGER NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS idempotency_created ON idempotency(created_at_ms);
+        CREATE INDEX IF NOT EXISTS idempotency_first_id ON idempotency(first_id);",
+    )?;
     Ok(conn)
+}
+
+/// The task controls' columns (issue 13), added to a data dir created by
+/// an older planner; its tasks get the defaults.
+const CONTROL_COLUMNS: &[(&str, &str)] = &[
+    ("priority", "INTEGER NOT NULL DEFAULT 0"),
+    ("retries", "INTEGER NOT NULL DEFAULT 0"),
+    ("retried", "INTEGER NOT NULL DEFAULT 0"),
+    ("timeout_ms", "INTEGER"),
+    ("deadline_ms", "INTEGER"),
+    ("attempt_errors", "TEXT"),
+];
+
+fn add_control_columns(conn: &Connection) -> rusqlite::Result<()> {
+    let mut query = conn.prepare("SELECT name FROM pragma_table_info('tasks')")?;
+    let present: Vec<String> = query
+        .query_map([], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (name, kind) in CONTROL_COLUMNS {
+        if !present.iter().any(|p| p == name) {
+            conn.execute_batch(&format!("ALTER TABLE tasks ADD COLUMN {name} {kind}"))?;
+        }
+    }
+    Ok(())
 }
 
 /// A database created before retention has `auto_vacuum=NONE`: deleted rows'
@@ -105,7 +145,7 @@ impl Retained {
             return Ok(n);
         }
         let n: i64 = tx.query_row(
-            "SELECT count(*) FROM tasks INDEXED BY tasks_expiry WHERE status IN ('done', 'failed', 'cancelled')",
+            "SELECT count(*) FROM tasks INDEXED BY tasks_finished WHERE status NOT IN ('queued', 'running')",
             [],
             |row| row.get(0),
         )?;
@@ -114,13 +154,22 @@ impl Retained {
     }
 }
 
-/// Applies a batch in one transaction; returns the rows each `Expire` of the
-/// batch deleted, in order.
+/// What one transaction did beyond writing.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// The rows each `Expire` of the batch deleted, in order.
+    pub expired: Vec<u64>,
+    /// Inserts (by their place in the batch) whose idempotency key was
+    /// already stored: nothing was inserted for them.
+    pub replays: std::collections::HashMap<usize, Insertion>,
+}
+
+/// Applies a batch in one transaction.
 pub fn apply(
     conn: &mut Connection,
     batch: &[Write],
     retained: &mut Retained,
-) -> rusqlite::Result<Vec<u64>> {
+) -> rusqlite::Result<Applied> {
     // What the count was, should the transaction not commit.
     let counted = retained.finished_rows;
     let result = apply_in_transaction(conn, batch, retained);
@@ -134,12 +183,16 @@ fn apply_in_transaction(
     conn: &mut Connection,
     batch: &[Write],
     retained: &mut Retained,
-) -> rusqlite::Result<Vec<u64>> {
-    let mut expired = Vec::new();
+) -> rusqlite::Result<Applied> {
+    let mut applied = Applied::default();
     let tx = conn.transaction()?;
     {
         let mut insert = tx.prepare_cached(
-            "INSERT INTO tasks (id, op, args, status, attempts, submitted_at_ms) VALUES (?1, ?2, ?3, 'queued', 0, ?4)",
+            "INSERT INTO tasks (id, op, args, status, attempts, submitted_at_ms, priority, retries, timeout_ms, deadline_ms)
+             VALUES (?1, ?2, ?3, 'queued', 0, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        let mut claim_key = tx.prepare_cached(
+            "INSERT OR IGNORE INTO idempotency (key, request, ids, first_id, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
         // The id counter survives even when every task row is gone.
         let mut next_id = tx.prepare_cached(
@@ -148,18 +201,40 @@ fn apply_in_transaction(
         )?;
         let mut finish = tx.prepare_cached(
             "UPDATE tasks SET status = ?2, result = ?3, error = ?4, worker = ?5, digest = ?6, attempts = ?7,
-             started_at_ms = ?8, finished_at_ms = ?9 WHERE id = ?1",
+             started_at_ms = ?8, finished_at_ms = ?9, retried = ?10, attempt_errors = ?11 WHERE id = ?1",
         )?;
-        let mut attempts = tx.prepare_cached("UPDATE tasks SET attempts = ?2 WHERE id = ?1")?;
-        for write in batch {
+        let mut progress = tx.prepare_cached(
+            "UPDATE tasks SET attempts = ?2, retried = ?3, attempt_errors = ?4 WHERE id = ?1",
+        )?;
+        for (index, write) in batch.iter().enumerate() {
             match write {
-                Write::Insert(tasks, _) => {
+                Write::Insert(tasks, key, _) => {
+                    if let Some(key) = key {
+                        let ids: Vec<u64> = tasks.iter().map(|t| t.id).collect();
+                        let first = ids.first().copied().unwrap_or(0);
+                        let stored = claim_key.execute(params![
+                            &key.key,
+                            &key.request,
+                            super::ids_to_runs(&ids),
+                            first as i64,
+                            key.created_at_ms as i64
+                        ])?;
+                        if stored == 0 {
+                            let replay = idempotent(&tx, &key.key)?.unwrap_or(Insertion::Inserted);
+                            applied.replays.insert(index, replay);
+                            continue;
+                        }
+                    }
                     for t in tasks {
                         insert.execute(params![
                             t.id as i64,
                             &*t.op,
                             args_json(&t.args),
-                            t.submitted_at_ms as i64
+                            t.submitted_at_ms as i64,
+                            t.controls.priority,
+                            t.controls.retries,
+                            t.controls.timeout_ms.map(|v| v as i64),
+                            t.controls.deadline_ms.map(|v| v as i64),
                         ])?;
                     }
                     if let Some(last) = tasks.iter().map(|t| t.id).max() {
@@ -182,23 +257,47 @@ fn apply_in_transaction(
                         t.attempts,
                         t.started_at_ms.map(|v| v as i64),
                         t.finished_at_ms.map(|v| v as i64),
+                        t.retried,
+                        super::errors_json(&t.attempt_errors),
                     ])?;
                     if let Some(n) = &mut retained.finished_rows {
                         *n += changed as u64;
                     }
                 }
-                Write::Attempts(id, n) => {
-                    attempts.execute(params![*id as i64, n])?;
+                Write::Progress(p) => {
+                    progress.execute(params![
+                        p.id as i64,
+                        p.attempts,
+                        p.retried,
+                        super::errors_json(&p.attempt_errors)
+                    ])?;
                 }
                 Write::Expire(expiry, _) => {
-                    expired.push(expire(&tx, expiry, retained)?);
+                    applied.expired.push(expire(&tx, expiry, retained)?);
                 }
                 Write::Flush(_) => {}
             }
         }
     }
     tx.commit()?;
-    Ok(expired)
+    Ok(applied)
+}
+
+/// The submission an idempotency key (its digest) first came with.
+pub fn idempotent(conn: &Connection, key: &str) -> rusqlite::Result<Option<Insertion>> {
+    conn.query_row(
+        "SELECT request, ids FROM idempotency WHERE key = ?1",
+        [key],
+        |row| {
+            let request: String = row.get(0)?;
+            let ids: String = row.get(1)?;
+            Ok(Insertion::Replay {
+                ids: super::runs_to_ids(&ids),
+                request,
+            })
+        },
+    )
+    .optional()
 }
 
 /// Deletes up to `expiry.chunk` finished tasks: those finished before the
@@ -211,19 +310,32 @@ fn expire(
 ) -> rusqlite::Result<u64> {
     let mut by_age = tx.prepare_cached(
         "DELETE FROM tasks WHERE id IN (
-            SELECT id FROM tasks INDEXED BY tasks_expiry
-            WHERE status IN ('done', 'failed', 'cancelled') AND finished_at_ms < ?1
+            SELECT id FROM tasks INDEXED BY tasks_finished
+            WHERE status NOT IN ('queued', 'running') AND finished_at_ms < ?1
             ORDER BY finished_at_ms LIMIT ?2)",
     )?;
     let mut oldest = tx.prepare_cached(
         "DELETE FROM tasks WHERE id IN (
-            SELECT id FROM tasks INDEXED BY tasks_expiry
-            WHERE status IN ('done', 'failed', 'cancelled')
+            SELECT id FROM tasks INDEXED BY tasks_finished
+            WHERE status NOT IN ('queued', 'running')
             ORDER BY finished_at_ms LIMIT ?1)",
+    )?;
+    // Idempotency keys live as long as results: past RESULT_TTL, or once
+    // the tasks they named are all gone (RESULT_LIMIT).
+    let mut keys_by_age = tx.prepare_cached(
+        "DELETE FROM idempotency WHERE key IN (
+            SELECT key FROM idempotency WHERE created_at_ms < ?1 LIMIT ?2)",
+    )?;
+    let mut keys_of_deleted = tx.prepare_cached(
+        "DELETE FROM idempotency WHERE key IN (
+            SELECT key FROM idempotency WHERE first_id < (SELECT min(id) FROM tasks) LIMIT ?1)",
     )?;
     let chunk = expiry.chunk as u64;
     let mut deleted = match expiry.finished_before_ms {
-        Some(cutoff) => by_age.execute(params![cutoff as i64, chunk as i64])? as u64,
+        Some(cutoff) => {
+            keys_by_age.execute(params![cutoff as i64, chunk as i64])?;
+            by_age.execute(params![cutoff as i64, chunk as i64])? as u64
+        }
         None => 0,
     };
     if let Some(n) = &mut retained.finished_rows {
@@ -238,6 +350,7 @@ fn expire(
             if let Some(n) = &mut retained.finished_rows {
                 *n = n.saturating_sub(gone);
             }
+            keys_of_deleted.execute([chunk as i64])?;
         }
     }
     // Under steady load freed pages are reused by new tasks; only a large
@@ -254,7 +367,7 @@ fn expire(
     Ok(deleted)
 }
 
-const COLUMNS: &str = "id, op, args, status, result, error, worker, digest, attempts, submitted_at_ms, started_at_ms, finished_at_ms";
+const COLUMNS: &str = "id, op, args, status, result, error, worker, digest, attempts, submitted_at_ms, started_at_ms, finished_at_ms, priority, retries, retried, timeout_ms, deadline_ms, attempt_errors";
 
 pub fn recover(conn: &Connection, recent_finished: usize) -> rusqlite::Result<Recovered> {
     let counted: Option<i64> = conn
@@ -317,13 +430,8 @@ fn row_to_task(row: &rusqlite::Row<'_>) -> rusqlite::Result<Task> {
     let error: Option<String> = row.get(5)?;
     let worker: Option<String> = row.get(6)?;
     let digest: Option<String> = row.get(7)?;
-    let status = match status.as_str() {
-        "done" => TaskStatus::Done,
-        "failed" => TaskStatus::Failed,
-        "cancelled" => TaskStatus::Cancelled,
-        "running" => TaskStatus::Running,
-        _ => TaskStatus::Queued,
-    };
+    let status = TaskStatus::parse(&status).unwrap_or(TaskStatus::Queued);
+    let errors: Option<String> = row.get(17)?;
     let output = match (result, error) {
         (Some(v), _) => Some(Output::Result(v)),
         (None, Some(e)) => Some(Output::Error(e)),
@@ -344,6 +452,16 @@ fn row_to_task(row: &rusqlite::Row<'_>) -> rusqlite::Result<Task> {
         started_at_ms: row.get::<_, Option<i64>>(10)?.map(|v| v as u64),
         finished_at_ms: row.get::<_, Option<i64>>(11)?.map(|v| v as u64),
         dispatch: None,
+        controls: Box::new(Controls {
+            priority: row.get::<_, i64>(12)?.clamp(i8::MIN.into(), i8::MAX.into()) as i8,
+            retries: row.get(13)?,
+            timeout_ms: row.get::<_, Option<i64>>(15)?.map(|v| v as u64),
+            deadline_ms: row.get::<_, Option<i64>>(16)?.map(|v| v as u64),
+        }),
+        retried: row.get(14)?,
+        attempt_errors: super::errors_from_json(errors.as_deref()),
+        retry_at_ms: None,
+        queue_seq: 0,
     })
 }
 
@@ -379,8 +497,8 @@ mod tests {
 
     fn expire_once(conn: &mut Connection, retained: &mut Retained, expiry: Expiry) -> u64 {
         let (ack, _) = tokio::sync::oneshot::channel();
-        let deleted = apply(conn, &[Write::Expire(expiry, ack)], retained).expect("apply");
-        deleted[0]
+        let applied = apply(conn, &[Write::Expire(expiry, ack)], retained).expect("apply");
+        applied.expired[0]
     }
 
     #[test]

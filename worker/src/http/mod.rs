@@ -65,6 +65,7 @@ fn routes(token: Token) -> OpenApiRouter<AppState> {
         .layer(DefaultBodyLimit::max(wire::limits::MAX_MODULE_BYTES));
     let protected = OpenApiRouter::new()
         .routes(routes!(tasks::run))
+        .routes(routes!(tasks::cancel))
         .routes(routes!(legacy::add))
         .routes(routes!(legacy::mult))
         .merge(modules)

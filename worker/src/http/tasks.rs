@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serve::{ApiError, JsonBody};
+use serve::{ApiError, JsonBody, Path};
 use wire::worker::{TaskOutcome, TaskRequest};
 
 use super::AppState;
@@ -60,4 +60,36 @@ pub fn refusal_to_error(refusal: Refusal) -> ApiError {
         Refusal::Draining => StatusCode::SERVICE_UNAVAILABLE,
     };
     ApiError::new(status, refusal.to_string())
+}
+
+/// How many runs of a task a cancel interrupted.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Interrupted {
+    pub interrupted: u64,
+}
+
+/// `DELETE /tasks/{id}`: the planner cancelled the task (or its deadline
+/// passed): its call stops within one epoch tick and its slot is free; the
+/// dispatch's own request is answered 422 (its answer is ignored).
+#[utoipa::path(
+    delete, path = "/tasks/{id}", tag = "tasks",
+    params(("id" = u64, Path, description = "The planner's task id", minimum = 0, maximum = 9_223_372_036_854_775_807_i64)),
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "Interrupted", body = Interrupted),
+        (status = 400, description = "Not a task id", body = wire::ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = wire::ErrorBody),
+        (status = 404, description = "The task is not running here (it ended, or never came)", body = wire::ErrorBody),
+    )
+)]
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<wire::TaskId>,
+) -> Result<Json<Interrupted>, ApiError> {
+    match state.executor.cancel(id) {
+        0 => Err(ApiError::not_found(format!("task {id} is not running here"))),
+        n => Ok(Json(Interrupted {
+            interrupted: n as u64,
+        })),
+    }
 }

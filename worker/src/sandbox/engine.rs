@@ -4,7 +4,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use wasmtime::component::Component;
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use tokio_util::sync::CancellationToken;
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
+    UpdateDeadline,
+};
 
 use super::CallError;
 use super::limits::{Limits, MemoryCapHit};
@@ -77,16 +81,47 @@ impl Sandbox {
     /// Runs `apply(args)` in a fresh store. Blocking: call it off the async
     /// runtime's threads.
     pub fn call(&self, module: &OpModule, args: &[i64]) -> Result<i64, CallError> {
+        self.call_cancellable(module, args, &CancellationToken::new())
+    }
+
+    /// [`Sandbox::call`] that stops within one epoch tick (5 ms) of `cancel`
+    /// being cancelled, with [`CallError::Cancelled`].
+    pub fn call_cancellable(
+        &self,
+        module: &OpModule,
+        args: &[i64],
+        cancel: &CancellationToken,
+    ) -> Result<i64, CallError> {
+        if cancel.is_cancelled() {
+            return Err(CallError::Cancelled);
+        }
         let mut store = self.store();
-        let instance = module
-            .pre()
-            .instantiate(&mut store)
-            .map_err(|e| self.classify(e))?;
+        self.watch(&mut store, cancel.clone());
+        let classify = |err| match self.classify(err) {
+            CallError::Deadline(_) if cancel.is_cancelled() => CallError::Cancelled,
+            other => other,
+        };
+        let instance = module.pre().instantiate(&mut store).map_err(classify)?;
         match instance.call_apply(&mut store, args) {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(message)) => Err(CallError::Op(message)),
-            Err(err) => Err(self.classify(err)),
+            Err(err) => Err(classify(err)),
         }
+    }
+
+    /// Replaces the store's plain deadline with a check at every epoch tick:
+    /// interrupted once `cancel` is, or once the deadline's ticks are spent.
+    fn watch(&self, store: &mut Store<Limits>, cancel: CancellationToken) {
+        let mut left = deadline_ticks(self.config.timeout);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            left = left.saturating_sub(1);
+            Ok(if cancel.is_cancelled() || left == 0 {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Continue(1)
+            })
+        });
     }
 
     pub(super) fn classify(&self, err: wasmtime::Error) -> CallError {

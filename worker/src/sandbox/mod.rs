@@ -31,6 +31,9 @@ pub enum CallError {
     /// Instantiation or the host itself failed; not the op's fault.
     #[error("sandbox error: {0}")]
     Host(String),
+    /// The planner cancelled the task (or its deadline passed) mid-call.
+    #[error("interrupted: the planner cancelled the task")]
+    Cancelled,
 }
 
 impl CallError {
@@ -42,6 +45,7 @@ impl CallError {
             Self::Memory { .. } => "memory",
             Self::Trap(_) => "trap",
             Self::Host(_) => "host",
+            Self::Cancelled => "cancelled",
         }
     }
 }

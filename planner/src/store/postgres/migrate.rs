@@ -18,6 +18,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "replicas",
         include_str!("../../../migrations/0002_replicas.sql"),
     ),
+    (
+        4,
+        "task controls",
+        include_str!("../../../migrations/0004_task_controls.sql"),
+    ),
 ];
 
 /// The advisory lock key serialising migrations ("planner" in ASCII).
@@ -65,7 +70,7 @@ pub async fn migrate(client: &mut deadpool_postgres::Client) -> Result<(), PgErr
         tracing::info!(version, name, "applied schema migration");
     }
     if let Some(newest) = applied.keys().max()
-        && *newest > MIGRATIONS.last().map_or(0, |m| m.0)
+        && *newest > MIGRATIONS.iter().map(|m| m.0).max().unwrap_or(0)
     {
         tracing::warn!(
             newest,

@@ -15,6 +15,7 @@
 
 mod claims;
 mod connect;
+mod controls;
 mod listen;
 mod migrate;
 mod replicas;
@@ -179,13 +180,17 @@ impl PgStore {
         Ok(ids)
     }
 
-    pub async fn insert(&self, tasks: Vec<Task>) -> Result<(), PgError> {
+    pub async fn insert(
+        &self,
+        tasks: Vec<Task>,
+        key: Option<crate::store::Idempotency>,
+    ) -> Result<crate::store::Insertion, PgError> {
         let (ack, done) = oneshot::channel();
         self.writer
-            .send(Write::Insert(tasks, ack))
+            .send(Write::Insert(tasks, key, ack))
             .map_err(|_| PgError::Stopped)?;
         match done.await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(insertion)) => Ok(insertion),
             Ok(Err(message)) => Err(PgError::Commit(message)),
             Err(_) => Err(PgError::Stopped),
         }
@@ -195,8 +200,8 @@ impl PgStore {
         let _ = self.writer.send(Write::Finished(task));
     }
 
-    pub fn attempts(&self, id: TaskId, attempts: u32) {
-        let _ = self.writer.send(Write::Attempts(id, attempts));
+    pub fn progress(&self, progress: crate::board::Progress) {
+        let _ = self.writer.send(Write::Progress(progress));
     }
 
     pub async fn get(&self, id: TaskId) -> Result<Option<Task>, PgError> {

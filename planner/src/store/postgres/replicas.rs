@@ -35,8 +35,8 @@ fn millis(d: Duration) -> f64 {
 }
 
 impl PgStore {
-    /// Claims the oldest free tasks this replica can run: FIFO across ops,
-    /// within each op's share. Rows another replica is claiming at the same
+    /// Claims the free tasks this replica can run, highest priority first,
+    /// then oldest, across ops, within each op's share. Rows another replica is claiming at the same
     /// moment are skipped, not waited for.
     pub async fn claim(&self, demand: &Demand) -> Result<Vec<Task>, PgError> {
         if demand.total <= 0 || demand.ops.is_empty() {
@@ -48,10 +48,10 @@ impl PgStore {
                 &format!(
                     "WITH picked AS (
                          SELECT t.id AS pid FROM unnest($1::text[], $2::bigint[]) AS w(op, n),
-                         LATERAL (SELECT id FROM tasks
+                         LATERAL (SELECT id, priority FROM tasks
                                   WHERE status = 'queued' AND owner IS NULL AND op = w.op
-                                  ORDER BY id LIMIT w.n FOR UPDATE SKIP LOCKED) t
-                         ORDER BY t.id LIMIT $3)
+                                  ORDER BY priority DESC, id LIMIT w.n FOR UPDATE SKIP LOCKED) t
+                         ORDER BY t.priority DESC, t.id LIMIT $3)
                      UPDATE tasks SET owner = $4, claim = claim + 1
                      FROM picked WHERE tasks.id = picked.pid AND tasks.owner IS NULL
                      RETURNING claim, {COLUMNS}"

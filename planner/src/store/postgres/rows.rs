@@ -4,22 +4,16 @@ use tokio_postgres::Row;
 use wire::Output;
 use wire::planner::TaskStatus;
 
-use crate::task::Task;
+use crate::task::{Controls, Task};
 
 /// The columns [`to_task`] reads, in its order.
-pub const COLUMNS: &str = "id, op, args::text, status, result, error, worker, digest, attempts, submitted_at_ms, started_at_ms, finished_at_ms";
+pub const COLUMNS: &str = "id, op, args::text, status, result, error, worker, digest, attempts, submitted_at_ms, started_at_ms, finished_at_ms, priority, retries, retried, timeout_ms, deadline_ms, attempt_errors::text";
 
 /// The statuses a task is unfinished in, as SQL.
 pub const UNFINISHED: &str = "('queued', 'running')";
 
 pub fn status(name: &str) -> TaskStatus {
-    match name {
-        "done" => TaskStatus::Done,
-        "failed" => TaskStatus::Failed,
-        "cancelled" => TaskStatus::Cancelled,
-        "running" => TaskStatus::Running,
-        _ => TaskStatus::Queued,
-    }
+    TaskStatus::parse(name).unwrap_or(TaskStatus::Queued)
 }
 
 pub fn to_task(row: &Row) -> Result<Task, tokio_postgres::Error> {
@@ -52,6 +46,20 @@ pub fn to_task_at(row: &Row, at: usize) -> Result<Task, tokio_postgres::Error> {
         started_at_ms: row.try_get::<_, Option<i64>>(at + 10)?.map(|v| v as u64),
         finished_at_ms: row.try_get::<_, Option<i64>>(at + 11)?.map(|v| v as u64),
         dispatch: None,
+        controls: Box::new(Controls {
+            priority: row
+                .try_get::<_, i16>(at + 12)?
+                .clamp(i8::MIN.into(), i8::MAX.into()) as i8,
+            retries: row.try_get::<_, i32>(at + 13)?.max(0) as u32,
+            timeout_ms: row.try_get::<_, Option<i64>>(at + 15)?.map(|v| v as u64),
+            deadline_ms: row.try_get::<_, Option<i64>>(at + 16)?.map(|v| v as u64),
+        }),
+        retried: row.try_get::<_, i32>(at + 14)?.max(0) as u32,
+        attempt_errors: crate::store::errors_from_json(
+            row.try_get::<_, Option<&str>>(at + 17)?,
+        ),
+        retry_at_ms: None,
+        queue_seq: 0,
     })
 }
 

@@ -17,6 +17,8 @@ use wire::{Output, TaskId};
 
 use super::claims::Claims;
 use super::{PgError, Write};
+use crate::board::Progress;
+use crate::store::Insertion;
 use crate::task::Task;
 
 /// Most writes in one transaction.
@@ -51,10 +53,15 @@ pub async fn write_loop(
         if let Err(err) = &result {
             tracing::error!(error = %err, writes = batch.len(), "store commit failed; results are retried");
         }
-        for write in batch {
+        let mut replays = result.as_ref().map(Clone::clone).unwrap_or_default();
+        for (index, write) in batch.into_iter().enumerate() {
             match write {
-                Write::Insert(_, ack) => {
-                    let _ = ack.send(result.clone());
+                Write::Insert(_, _, ack) => {
+                    let answer = match &result {
+                        Err(err) => Err(err.clone()),
+                        Ok(_) => Ok(replays.remove(&index).unwrap_or(Insertion::Inserted)),
+                    };
+                    let _ = ack.send(answer);
                 }
                 Write::Flush(ack) => {
                     let _ = ack.send(());
@@ -66,7 +73,7 @@ pub async fn write_loop(
                         claims.forget(task.id);
                     }
                 }
-                write @ Write::Attempts(..) => {
+                write @ Write::Progress(..) => {
                     if result.is_err() {
                         pending.push(write);
                     }
@@ -82,22 +89,30 @@ pub async fn write_loop(
     }
 }
 
-/// One transaction for a batch: inserts, then attempt counts, then results;
-/// then a wake-up for the other replicas (a hint: they poll as well).
-async fn apply(pool: &Pool, owner: &str, claims: &Claims, batch: &[Write]) -> Result<(), PgError> {
-    let mut insert = Inserts::default();
-    let mut attempts: HashMap<TaskId, u32> = HashMap::new();
+/// Inserts (by their place in the batch) whose idempotency key was already
+/// stored: nothing was inserted for them.
+type Replays = HashMap<usize, Insertion>;
+
+/// One transaction for a batch: idempotency keys, inserts, then attempt
+/// counts, then results; then a wake-up for the other replicas (a hint:
+/// they poll as well).
+async fn apply(
+    pool: &Pool,
+    owner: &str,
+    claims: &Claims,
+    batch: &[Write],
+) -> Result<Replays, PgError> {
+    let mut progress: HashMap<TaskId, &Progress> = HashMap::new();
     let mut finished: HashMap<TaskId, &Task> = HashMap::new();
+    let mut any_insert = false;
     for write in batch {
         match write {
-            Write::Insert(tasks, _) => {
-                for t in tasks {
-                    insert.push(t);
+            Write::Insert(..) => any_insert = true,
+            Write::Progress(p) => {
+                let seen = progress.entry(p.id).or_insert(p);
+                if p.attempts >= seen.attempts {
+                    *seen = p;
                 }
-            }
-            Write::Attempts(id, n) => {
-                let seen = attempts.entry(*id).or_default();
-                *seen = (*seen).max(*n);
             }
             Write::Finished(t) => {
                 finished.insert(t.id, t);
@@ -105,36 +120,98 @@ async fn apply(pool: &Pool, owner: &str, claims: &Claims, batch: &[Write]) -> Re
             Write::Flush(_) => {}
         }
     }
-    if insert.ids.is_empty() && attempts.is_empty() && finished.is_empty() {
-        return Ok(());
+    let mut replays = Replays::new();
+    if !any_insert && progress.is_empty() && finished.is_empty() {
+        return Ok(replays);
     }
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
+    let mut insert = Inserts::default();
+    for (index, write) in batch.iter().enumerate() {
+        let Write::Insert(tasks, key, _) = write else {
+            continue;
+        };
+        // The key's row decides, inside this transaction: a second
+        // submission with it (here or on another replica) finds it and
+        // inserts nothing.
+        if let Some(key) = key {
+            let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
+            let stored = tx
+                .execute(
+                    "INSERT INTO idempotency (key, request, ids, first_id, created_at_ms)
+                     VALUES ($1, $2, $3::text::jsonb, $4, $5) ON CONFLICT (key) DO NOTHING",
+                    &[
+                        &key.key,
+                        &key.request,
+                        &crate::store::ids_to_runs(&ids),
+                        &(ids.first().copied().unwrap_or(0) as i64),
+                        &(key.created_at_ms as i64),
+                    ],
+                )
+                .await?;
+            if stored == 0 {
+                let row = tx
+                    .query_opt(
+                        "SELECT request, ids::text FROM idempotency WHERE key = $1",
+                        &[&key.key],
+                    )
+                    .await?;
+                if let Some(row) = row {
+                    replays.insert(
+                        index,
+                        Insertion::Replay {
+                            request: row.try_get(0)?,
+                            ids: crate::store::runs_to_ids(row.try_get(1)?),
+                        },
+                    );
+                    continue;
+                }
+            }
+        }
+        for t in tasks {
+            insert.push(t);
+        }
+    }
     if !insert.ids.is_empty() {
         tx.execute(
-            "INSERT INTO tasks (id, op, args, status, attempts, submitted_at_ms)
-             SELECT id, op, args::jsonb, 'queued', 0, submitted_at_ms
-             FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[]) AS t(id, op, args, submitted_at_ms)",
-            &[&insert.ids, &insert.ops, &insert.args, &insert.submitted],
+            "INSERT INTO tasks (id, op, args, status, attempts, submitted_at_ms, priority, retries, timeout_ms, deadline_ms)
+             SELECT id, op, args::jsonb, 'queued', 0, submitted_at_ms, priority, retries, timeout_ms, deadline_ms
+             FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::smallint[], $6::int[], $7::bigint[], $8::bigint[])
+                  AS t(id, op, args, submitted_at_ms, priority, retries, timeout_ms, deadline_ms)",
+            &[
+                &insert.ids,
+                &insert.ops,
+                &insert.args,
+                &insert.submitted,
+                &insert.priority,
+                &insert.retries,
+                &insert.timeout,
+                &insert.deadline,
+            ],
         )
         .await?;
         tx.execute("SELECT pg_notify('tasks_queued', '')", &[])
             .await?;
     }
-    if !attempts.is_empty() {
-        let mut ids = Vec::with_capacity(attempts.len());
-        let mut counts = Vec::with_capacity(attempts.len());
-        let mut held = Vec::with_capacity(attempts.len());
-        for (id, n) in &attempts {
+    if !progress.is_empty() {
+        let mut ids = Vec::with_capacity(progress.len());
+        let mut counts = Vec::with_capacity(progress.len());
+        let mut retried = Vec::with_capacity(progress.len());
+        let mut errors = Vec::with_capacity(progress.len());
+        let mut held = Vec::with_capacity(progress.len());
+        for (id, p) in &progress {
             ids.push(*id as i64);
-            counts.push(*n as i32);
+            counts.push(p.attempts as i32);
+            retried.push(p.retried as i32);
+            errors.push(crate::store::errors_json(&p.attempt_errors));
             held.push(claims.of(*id));
         }
         tx.execute(
-            "UPDATE tasks SET attempts = a.n FROM unnest($1::bigint[], $2::int[], $3::bigint[]) AS a(id, n, claim)
-             WHERE tasks.id = a.id AND tasks.owner = $4 AND tasks.claim = a.claim
+            "UPDATE tasks SET attempts = a.n, retried = a.retried, attempt_errors = a.errors::jsonb
+             FROM unnest($1::bigint[], $2::int[], $3::bigint[], $4::int[], $5::text[]) AS a(id, n, claim, retried, errors)
+             WHERE tasks.id = a.id AND tasks.owner = $6 AND tasks.claim = a.claim
                AND tasks.status IN ('queued', 'running')",
-            &[&ids, &counts, &held, &owner],
+            &[&ids, &counts, &held, &retried, &errors, &owner],
         )
         .await?;
     }
@@ -147,15 +224,16 @@ async fn apply(pool: &Pool, owner: &str, claims: &Claims, batch: &[Write]) -> Re
             .execute(
                 "UPDATE tasks SET status = f.status, result = f.result, error = f.error, worker = f.worker,
                      digest = f.digest, attempts = f.attempts, started_at_ms = f.started,
-                     finished_at_ms = f.finished, owner = NULL
+                     finished_at_ms = f.finished, owner = NULL, retried = f.retried,
+                     attempt_errors = f.errors::jsonb
                  FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[],
-                             $7::int[], $8::bigint[], $9::bigint[], $10::bigint[])
-                      AS f(id, status, result, error, worker, digest, attempts, started, finished, claim)
+                             $7::int[], $8::bigint[], $9::bigint[], $10::bigint[], $12::int[], $13::text[])
+                      AS f(id, status, result, error, worker, digest, attempts, started, finished, claim, retried, errors)
                  WHERE tasks.id = f.id AND tasks.owner = $11 AND tasks.claim = f.claim
                    AND tasks.status IN ('queued', 'running')",
                 &[
                     &r.ids, &r.status, &r.result, &r.error, &r.worker, &r.digest, &r.attempts,
-                    &r.started, &r.finished, &r.claims, &owner,
+                    &r.started, &r.finished, &r.claims, &owner, &r.retried, &r.errors,
                 ],
             )
             .await?;
@@ -169,7 +247,7 @@ async fn apply(pool: &Pool, owner: &str, claims: &Claims, batch: &[Write]) -> Re
             .await?;
     }
     tx.commit().await?;
-    Ok(())
+    Ok(replays)
 }
 
 #[derive(Default)]
@@ -178,6 +256,10 @@ struct Inserts {
     ops: Vec<String>,
     args: Vec<String>,
     submitted: Vec<i64>,
+    priority: Vec<i16>,
+    retries: Vec<i32>,
+    timeout: Vec<Option<i64>>,
+    deadline: Vec<Option<i64>>,
 }
 
 impl Inserts {
@@ -187,6 +269,10 @@ impl Inserts {
         self.args
             .push(serde_json::to_string(&*t.args).unwrap_or_else(|_| "[]".into()));
         self.submitted.push(t.submitted_at_ms as i64);
+        self.priority.push(i16::from(t.controls.priority));
+        self.retries.push(t.controls.retries as i32);
+        self.timeout.push(t.controls.timeout_ms.map(|v| v as i64));
+        self.deadline.push(t.controls.deadline_ms.map(|v| v as i64));
     }
 }
 
@@ -202,6 +288,8 @@ struct Results {
     started: Vec<Option<i64>>,
     finished: Vec<Option<i64>>,
     claims: Vec<i64>,
+    retried: Vec<i32>,
+    errors: Vec<Option<String>>,
 }
 
 impl Results {
@@ -221,5 +309,8 @@ impl Results {
         self.started.push(t.started_at_ms.map(|v| v as i64));
         self.finished.push(t.finished_at_ms.map(|v| v as i64));
         self.claims.push(claim);
+        self.retried.push(t.retried as i32);
+        self.errors
+            .push(crate::store::errors_json(&t.attempt_errors));
     }
 }
