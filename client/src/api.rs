@@ -109,10 +109,18 @@ impl Api {
         }
     }
 
-    pub async fn submit(&self, tasks: &[NewTask]) -> Result<Vec<TaskId>, ApiError> {
-        let accepted: Accepted = self
-            .json(self.request(Method::POST, "/tasks").json(tasks))
-            .await?;
+    /// `POST /tasks`, with an `Idempotency-Key` if given: a repeat of the
+    /// same submission answers the first one's ids.
+    pub async fn submit_keyed(
+        &self,
+        tasks: &[NewTask],
+        key: Option<&str>,
+    ) -> Result<Vec<TaskId>, ApiError> {
+        let mut request = self.request(Method::POST, "/tasks").json(tasks);
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        let accepted: Accepted = self.json(request).await?;
         Ok(accepted.ids)
     }
 
@@ -123,11 +131,14 @@ impl Api {
         &self,
         task: &NewTask,
         wait: Duration,
+        key: Option<&str>,
     ) -> Result<TaskView, ApiError> {
         let path = format!("/tasks?wait=true&timeout_ms={}", wait.as_millis());
-        let response = self
-            .request(Method::POST, &path)
-            .json(task)
+        let mut request = self.request(Method::POST, &path).json(task);
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        let response = request
             .timeout(wait + REQUEST_TIMEOUT)
             .send()
             .await

@@ -16,7 +16,7 @@ use wire::planner::TaskStatus;
 else the config file (--config, WORKERS_CONFIG, or $XDG_CONFIG_HOME/workers/config.toml, \
 default ~/.config/workers/config.toml), else http://127.0.0.1:3000 without a token.\n\n\
 Exit status: 0 success; 1 the request failed or the planner refused it; 2 bad usage; \
-3 a task this command waited for failed or was cancelled."
+3 a task this command waited for failed, was cancelled or expired."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -97,14 +97,71 @@ pub struct Submit {
     /// Newline-delimited JSON tasks, one `{"op":"mul","args":[6,7]}` per line; `-` reads stdin.
     #[arg(long, short, value_name = "FILE")]
     pub file: Option<PathBuf>,
-    /// Wait for the result(s); exit 3 if a task failed or was cancelled.
+    /// Wait for the result(s); exit 3 if a task failed, was cancelled or expired.
     #[arg(long)]
     pub wait: bool,
     /// Tasks per request when submitting a batch (the planner takes at most 100,000).
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub chunk: u32,
     #[command(flatten)]
+    pub controls: Controls,
+    #[command(flatten)]
     pub follow: FollowArgs,
+}
+
+/// The task controls `submit` sets on every task it sends (a file's own
+/// fields take precedence).
+#[derive(Debug, Clone, Args)]
+pub struct Controls {
+    /// Deadline from submission, queue plus run time (`30s`, `1500ms`); past
+    /// it the task ends `expired`, interrupted if it was running.
+    #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
+    pub timeout_ms: Option<u64>,
+    /// Run again this many times (at most 10) when the op fails it, with
+    /// exponential backoff.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=10))]
+    pub retries: Option<u64>,
+    /// From -10 to 10 (default 0): higher runs first among its op's queued tasks.
+    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(-10..=10))]
+    pub priority: Option<i64>,
+    /// Names this submission: repeating it (same key, same tasks) within the
+    /// planner's RESULT_TTL answers the first one's ids and runs nothing new.
+    #[arg(long, value_name = "KEY", value_parser = parse_key)]
+    pub idempotency_key: Option<String>,
+}
+
+impl Controls {
+    pub fn apply(&self, mut task: wire::planner::NewTask) -> wire::planner::NewTask {
+        task.timeout_ms = task.timeout_ms.or(self.timeout_ms);
+        task.retries = task.retries.or(self.retries);
+        task.priority = task.priority.or(self.priority);
+        task
+    }
+}
+
+/// A duration (`30s`, `1500ms`) or plain milliseconds, as the planner's
+/// `timeout_ms` (1 ms to 7 days).
+fn parse_timeout(value: &str) -> Result<u64, String> {
+    let ms = match value.parse::<u64>() {
+        Ok(ms) => ms,
+        Err(_) => humantime::parse_duration(value)
+            .map_err(|e| format!("{e} (a duration such as 30s or 1500ms)"))?
+            .as_millis()
+            .try_into()
+            .unwrap_or(u64::MAX),
+    };
+    if !(1..=wire::controls::MAX_TIMEOUT_MS).contains(&ms) {
+        return Err("from 1ms to 7 days".into());
+    }
+    Ok(ms)
+}
+
+fn parse_key(value: &str) -> Result<String, String> {
+    let max = wire::controls::MAX_IDEMPOTENCY_KEY_LEN;
+    if value.is_empty() || value.len() > max || value.chars().any(|c| c.is_control()) {
+        return Err(format!("1 to {max} bytes, no control characters"));
+    }
+    Ok(value.to_string())
 }
 
 #[derive(Debug, Clone, Args)]
@@ -149,10 +206,11 @@ pub struct Cancel {
     /// Tasks to cancel.
     #[arg(value_name = "ID", conflicts_with_all = ["status", "op"], required_unless_present_any = ["status", "op"])]
     pub ids: Vec<TaskId>,
-    /// Cancel every task with this status (only `queued` can be cancelled).
+    /// Cancel every task with this status: `queued`, or `running` (their
+    /// calls are interrupted on the workers).
     #[arg(long, value_parser = parse_status)]
     pub status: Option<TaskStatus>,
-    /// Cancel every queued task of this op.
+    /// Cancel every queued (or, with `--status running`, running) task of this op.
     #[arg(long)]
     pub op: Option<String>,
 }
@@ -185,6 +243,6 @@ pub struct Top {
 
 fn parse_status(value: &str) -> Result<TaskStatus, String> {
     serde_json::from_value(serde_json::Value::String(value.to_string())).map_err(|_| {
-        format!("`{value}` is not a status: queued, running, done, failed or cancelled")
+        format!("`{value}` is not a status: queued, running, done, failed, cancelled or expired")
     })
 }

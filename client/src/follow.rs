@@ -33,11 +33,12 @@ pub struct Tally {
     pub done: usize,
     pub failed: usize,
     pub cancelled: usize,
+    pub expired: usize,
 }
 
 impl Tally {
     pub fn finished(&self) -> usize {
-        self.done + self.failed + self.cancelled
+        self.done + self.failed + self.cancelled + self.expired
     }
 
     fn count(&mut self, status: TaskStatus) {
@@ -45,6 +46,7 @@ impl Tally {
             TaskStatus::Done => self.done += 1,
             TaskStatus::Failed => self.failed += 1,
             TaskStatus::Cancelled => self.cancelled += 1,
+            TaskStatus::Expired => self.expired += 1,
             TaskStatus::Queued | TaskStatus::Running => {}
         }
     }

@@ -111,7 +111,11 @@ pub fn tasks(tasks: &[TaskView]) -> String {
 pub fn counts(tasks: &[TaskView]) -> String {
     let count = |status: TaskStatus| tasks.iter().filter(|t| t.status == status).count();
     let mut parts = vec![format!("{} done", count(TaskStatus::Done))];
-    for status in [TaskStatus::Failed, TaskStatus::Cancelled] {
+    for status in [
+        TaskStatus::Failed,
+        TaskStatus::Cancelled,
+        TaskStatus::Expired,
+    ] {
         let n = count(status);
         if n > 0 {
             parts.push(format!("{n} {}", status.as_str()));

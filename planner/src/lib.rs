@@ -176,10 +176,7 @@ pub async fn build(config: &ServeConfig, token: &Token) -> Result<Arc<Planner>> 
             .with_context(|| format!("opening the task store in {}", config.data_dir.display()))?,
     };
     let mut board = Board::new(config.max_attempts, config.retain_finished);
-    board.set_retry_backoff(
-        config.retry_backoff_ms,
-        crate::board::RETRY_BACKOFF_CAP_MS,
-    );
+    board.set_retry_backoff(config.retry_backoff_ms, crate::board::RETRY_BACKOFF_CAP_MS);
     let unfinished = recovered
         .tasks
         .iter()

@@ -711,3 +711,56 @@ async fn shell_completions_come_from_clap() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn submit_sets_the_task_controls() -> Result<()> {
+    let system = System::with_workers(&[], 1, &[]).await?;
+    let args = [
+        "-o",
+        "json",
+        "submit",
+        "mul",
+        "6",
+        "7",
+        "--wait",
+        "--timeout-ms",
+        "30s",
+        "--retries",
+        "2",
+        "--priority",
+        "-3",
+        "--idempotency-key",
+        "client-key-1",
+    ];
+    let view: TaskView = workers(&system, &args).await?.ok()?.json()?;
+    assert_eq!(view.result, Some(42));
+    assert_eq!((view.retries, view.priority), (2, -3));
+    assert_eq!(view.deadline_ms, Some(view.submitted_at_ms + 30_000));
+    // The same submission again: the same task, nothing new run.
+    let again: TaskView = workers(&system, &args).await?.ok()?.json()?;
+    assert_eq!(again.id, view.id);
+    let muls: Vec<TaskView> = system.get_json("/tasks?op=mul").await?;
+    assert_eq!(muls.len(), 1);
+    // Another submission under that key is refused with the planner's reason.
+    let refused = workers(
+        &system,
+        &[
+            "submit",
+            "mul",
+            "6",
+            "8",
+            "--idempotency-key",
+            "client-key-1",
+        ],
+    )
+    .await?;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(
+        refused.one_error_line().contains("Idempotency-Key"),
+        "{refused:?}"
+    );
+    // Out of range: refused by the client itself (usage, exit 2).
+    let bad = workers(&system, &["submit", "mul", "6", "7", "--priority", "11"]).await?;
+    assert_eq!(bad.code, 2, "{bad:?}");
+    Ok(())
+}

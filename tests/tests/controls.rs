@@ -137,8 +137,7 @@ async fn the_planner_default_deadline_applies_to_tasks_without_one() -> anyhow::
 }
 
 #[tokio::test]
-async fn cancelling_a_running_task_interrupts_its_call_and_frees_the_slot() -> anyhow::Result<()>
-{
+async fn cancelling_a_running_task_interrupts_its_call_and_frees_the_slot() -> anyhow::Result<()> {
     let system = system_with_spin(&[]).await?;
     let spin = system
         .submit_ids(&json!({"op": "spin", "args": [1, 2]}))
@@ -253,7 +252,9 @@ async fn an_op_failure_is_retried_with_backoff_until_it_succeeds() -> anyhow::Re
     let third_gap = view.started_at_ms.unwrap_or_default() - errors[1].at_ms;
     assert!(second_gap >= backoff_ms, "{second_gap} ms: {view:?}");
     assert!(third_gap >= 2 * backoff_ms, "{third_gap} ms: {view:?}");
-    println!("retry gaps: {second_gap} ms, then {third_gap} ms (backoff {backoff_ms} ms, doubling)");
+    println!(
+        "retry gaps: {second_gap} ms, then {third_gap} ms (backoff {backoff_ms} ms, doubling)"
+    );
 
     // Out of retries: the last error is the task's.
     put("mul_v2").await?;
@@ -267,11 +268,19 @@ async fn an_op_failure_is_retried_with_backoff_until_it_succeeds() -> anyhow::Re
     let view: TaskView = serde_json::from_value(body)?;
     assert_eq!((view.attempts, view.retried), (2, 1), "{view:?}");
     assert_eq!(view.attempt_errors.len(), 1);
-    assert!(view.error.as_deref().is_some_and(|e| e.contains("overflow")));
+    assert!(
+        view.error
+            .as_deref()
+            .is_some_and(|e| e.contains("overflow"))
+    );
     Ok(())
 }
 
-async fn submit_keyed(system: &System, key: &str, body: &Value) -> anyhow::Result<(u16, Value, bool)> {
+async fn submit_keyed(
+    system: &System,
+    key: &str,
+    body: &Value,
+) -> anyhow::Result<(u16, Value, bool)> {
     let response = system
         .client
         .post(system.url("/tasks"))
@@ -319,6 +328,7 @@ async fn a_resubmission_with_its_idempotency_key_returns_the_same_ids_across_a_r
 
     // After a restart (a crash: SIGKILL), the key still holds.
     system.planner.kill();
+    system.planner.wait(Duration::from_secs(10)).await?;
     system.restart_planner(&[]).await?;
     system.wait_for_workers(1).await?;
     let (status, after, replayed) = submit_keyed(&system, "order-1234", &task).await?;
@@ -355,8 +365,7 @@ async fn a_resubmission_with_its_idempotency_key_returns_the_same_ids_across_a_r
 }
 
 #[tokio::test]
-async fn higher_priority_runs_first_under_a_backlog_fifo_within_a_priority() -> anyhow::Result<()>
-{
+async fn higher_priority_runs_first_under_a_backlog_fifo_within_a_priority() -> anyhow::Result<()> {
     let system = System::with_workers(&[], 1, &[("WORK_MS", "150")]).await?;
     // The worker is busy: everything submitted meanwhile waits.
     let blocker = system
@@ -386,16 +395,34 @@ async fn higher_priority_runs_first_under_a_backlog_fifo_within_a_priority() -> 
 async fn controls_out_of_range_are_refused_with_json_errors() -> anyhow::Result<()> {
     let system = System::start(&[]).await?;
     for (body, word) in [
-        (json!({"op": "add", "args": [1, 2], "timeout_ms": 0}), "timeout_ms"),
+        (
+            json!({"op": "add", "args": [1, 2], "timeout_ms": 0}),
+            "timeout_ms",
+        ),
         (
             json!({"op": "add", "args": [1, 2], "timeout_ms": 604_800_001u64}),
             "timeout_ms",
         ),
-        (json!({"op": "add", "args": [1, 2], "retries": 11}), "retries"),
-        (json!({"op": "add", "args": [1, 2], "priority": 11}), "priority"),
-        (json!([{"op": "add", "args": [1, 2], "priority": -11}]), "priority"),
-        (json!({"op": "add", "args": [1, 2], "retries": -1}), "integer"),
-        (json!({"op": "add", "args": [1, 2], "priority": 1.5}), "integer"),
+        (
+            json!({"op": "add", "args": [1, 2], "retries": 11}),
+            "retries",
+        ),
+        (
+            json!({"op": "add", "args": [1, 2], "priority": 11}),
+            "priority",
+        ),
+        (
+            json!([{"op": "add", "args": [1, 2], "priority": -11}]),
+            "priority",
+        ),
+        (
+            json!({"op": "add", "args": [1, 2], "retries": -1}),
+            "integer",
+        ),
+        (
+            json!({"op": "add", "args": [1, 2], "priority": 1.5}),
+            "integer",
+        ),
     ] {
         let (status, answer) = system.submit(&body).await?;
         assert_eq!(status, 400, "{body}: {answer}");

@@ -21,7 +21,8 @@ pub async fn run(api: &Api, args: Submit, output: Output) -> Result<Outcome> {
         (Some(op), None) => {
             one(
                 api,
-                NewTask::new(op.clone(), args.args.clone()),
+                args.controls
+                    .apply(NewTask::new(op.clone(), args.args.clone())),
                 &args,
                 output,
             )
@@ -31,7 +32,10 @@ pub async fn run(api: &Api, args: Submit, output: Output) -> Result<Outcome> {
             if !args.args.is_empty() {
                 bail!("arguments go in the file's tasks, not after --file");
             }
-            let tasks = read_tasks(path)?;
+            let tasks = read_tasks(path)?
+                .into_iter()
+                .map(|task| args.controls.apply(task))
+                .collect();
             batch(api, tasks, &args, output).await
         }
         _ => bail!("give an op and its arguments, or --file"),
@@ -39,8 +43,9 @@ pub async fn run(api: &Api, args: Submit, output: Output) -> Result<Outcome> {
 }
 
 async fn one(api: &Api, task: NewTask, args: &Submit, output: Output) -> Result<Outcome> {
+    let key = args.controls.idempotency_key.as_deref();
     if !args.wait {
-        let ids = api.submit(std::slice::from_ref(&task)).await?;
+        let ids = api.submit_keyed(std::slice::from_ref(&task), key).await?;
         match output {
             Output::Json => json_out(&serde_json::json!({ "ids": ids }))?,
             Output::Text => {
@@ -56,7 +61,7 @@ async fn one(api: &Api, task: NewTask, args: &Submit, output: Output) -> Result<
         Duration::ZERO => MAX_SERVER_WAIT,
         timeout => timeout.min(MAX_SERVER_WAIT),
     };
-    let mut view = api.submit_and_wait(&task, wait).await?;
+    let mut view = api.submit_and_wait(&task, wait, key).await?;
     if !view.status.is_final() {
         let rest = match args.follow.timeout {
             Duration::ZERO => None,
@@ -107,8 +112,16 @@ async fn batch(api: &Api, tasks: Vec<NewTask>, args: &Submit, output: Output) ->
     };
     let bar = ProgressBar::new(tasks.len() as u64).with_style(style("submitting")?);
     let mut ids = Vec::with_capacity(tasks.len());
+    let key = args.controls.idempotency_key.as_deref();
+    if key.is_some() && tasks.len() > args.chunk as usize {
+        bail!(
+            "--idempotency-key names one request: give --chunk {} or more for these {} tasks",
+            tasks.len(),
+            tasks.len()
+        );
+    }
     for chunk in tasks.chunks(args.chunk as usize) {
-        let accepted = api.submit(chunk).await.with_context(|| {
+        let accepted = api.submit_keyed(chunk, key).await.with_context(|| {
             format!("after {} of {} tasks were accepted", ids.len(), tasks.len())
         })?;
         ids.extend(accepted);
@@ -140,8 +153,8 @@ async fn batch(api: &Api, tasks: Vec<NewTask>, args: &Submit, output: Output) ->
     let views = follow(api, &ids, events, true, timeout, |tally: &Tally| {
         bar.set_position(tally.finished() as u64);
         bar.set_message(format!(
-            "{} failed, {} cancelled",
-            tally.failed, tally.cancelled
+            "{} failed, {} cancelled, {} expired",
+            tally.failed, tally.cancelled, tally.expired
         ));
     })
     .await;

@@ -101,7 +101,7 @@ pub async fn cancel(api: &Api, args: Cancel, output: Output) -> Result<Outcome> 
     let request = if args.ids.is_empty() {
         CancelRequest {
             ids: None,
-            // `--op mul` alone means its queued tasks: the only ones that can be cancelled.
+            // `--op mul` alone means its queued tasks.
             status: Some(args.status.unwrap_or(TaskStatus::Queued)),
             op: args.op,
         }
@@ -121,10 +121,7 @@ pub async fn cancel(api: &Api, args: Cancel, output: Output) -> Result<Outcome> 
         problems.push(format!("no task {}", join(&report.not_found)));
     }
     if !report.not_queued.is_empty() {
-        problems.push(format!(
-            "not queued (running or finished): {}",
-            join(&report.not_queued)
-        ));
+        problems.push(format!("already finished: {}", join(&report.not_queued)));
     }
     if !problems.is_empty() {
         bail!("{}", problems.join("; "));

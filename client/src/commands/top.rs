@@ -132,13 +132,14 @@ fn render_frame(frame: &Frame, planner: &str) -> String {
     let stats = &frame.stats;
     let count = |status: &str| stats.by_status.get(status).copied().unwrap_or(0);
     let mut text = format!(
-        "planner {planner}   queued {}  running {}  done {}  failed {}  cancelled {}\n\
+        "planner {planner}   queued {}  running {}  done {}  failed {}  cancelled {}  expired {}\n\
          finished/s {:.1} (last frame), {:.1} (last minute)   dispatch gap p50 {}µs p99 {}µs   events {}{}\n\n",
         count("queued"),
         count("running"),
         count("done"),
         count("failed"),
         count("cancelled"),
+        count("expired"),
         frame.finished_per_s,
         stats.throughput_per_s,
         stats.dispatch_gap_us.p50,

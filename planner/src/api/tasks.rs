@@ -33,7 +33,7 @@ pub struct SubmitQuery {
 /// the handler builds these shapes directly).
 #[derive(serde::Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
-#[allow(dead_code)]
+#[allow(dead_code, clippy::large_enum_variant)]
 enum Submitted {
     Accepted(Accepted),
     One(TaskView),
@@ -43,7 +43,7 @@ enum Submitted {
 /// What `POST /tasks?wait=true` answers with 200.
 #[derive(serde::Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
-#[allow(dead_code)]
+#[allow(dead_code, clippy::large_enum_variant)]
 enum Waited {
     One(TaskView),
     Many(Vec<TaskView>),

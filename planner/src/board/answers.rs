@@ -177,7 +177,8 @@ impl Board {
         // dispatches lost.
         let lost = task.attempts.saturating_sub(task.retried);
         if lost >= self.max_attempts {
-            let message = format!("gave up after {lost} attempts that got no answer; last: {reason}");
+            let message =
+                format!("gave up after {lost} attempts that got no answer; last: {reason}");
             effects.finished.push(self.finish(
                 id,
                 TaskStatus::Failed,

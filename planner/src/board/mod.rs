@@ -30,8 +30,8 @@ use wire::{Output, TaskId};
 pub use bulk::TaskFilter;
 pub use controls::{Interrupt, Progress, RETRY_BACKOFF_CAP_MS};
 pub use matching::Assignment;
-pub use queue::{OpQueue, QueueKey};
 pub use membership::IdTaken;
+pub use queue::{OpQueue, QueueKey};
 pub use tasks::CancelError;
 pub use worker::Worker;
 

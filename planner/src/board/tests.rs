@@ -209,7 +209,11 @@ fn deadlines_expire_queued_and_running_tasks_when_due() {
     assert_eq!(board.queued(), 0);
     let effects = board.tick(6000);
     assert_eq!(effects.finished[0].status, TaskStatus::Expired);
-    assert_eq!(effects.interrupts.len(), 1, "the running one is interrupted");
+    assert_eq!(
+        effects.interrupts.len(),
+        1,
+        "the running one is interrupted"
+    );
     assert_eq!(board.next_due_ms(), None);
     assert_eq!(board.stats().by_status["expired"], 2);
 }
@@ -244,7 +248,11 @@ fn an_op_failure_with_retries_left_runs_again_after_its_backoff() {
     assert_eq!(board.tick(due).requeued, [1]);
     let second = board.pump(Instant::now()).remove(0);
     let effects = board.settle(&second, failed());
-    assert_eq!(effects.finished[0].status, TaskStatus::Failed, "no retries left");
+    assert_eq!(
+        effects.finished[0].status,
+        TaskStatus::Failed,
+        "no retries left"
+    );
     assert_eq!(effects.finished[0].attempts, 2);
 }
 

@@ -11,9 +11,13 @@ use crate::store::StoreError;
 pub enum CancelTarget<'a> {
     Ids(&'a [TaskId]),
     /// Every queued task, of this op if given.
-    Queued { op: Option<&'a str> },
+    Queued {
+        op: Option<&'a str>,
+    },
     /// Every task running on this planner's workers, of this op if given.
-    Running { op: Option<&'a str> },
+    Running {
+        op: Option<&'a str>,
+    },
 }
 
 impl Planner {
@@ -72,11 +76,7 @@ impl Planner {
         let (effects, not_found, mut not_queued) = match target {
             CancelTarget::Ids(ids) => {
                 let cancelled = self.board().cancel_ids(ids);
-                (
-                    cancelled.effects,
-                    cancelled.not_found,
-                    cancelled.not_queued,
-                )
+                (cancelled.effects, cancelled.not_found, cancelled.not_queued)
             }
             CancelTarget::Queued { op } => (
                 Effects {

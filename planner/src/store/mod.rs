@@ -106,7 +106,10 @@ pub enum Insertion {
     Inserted,
     /// Its idempotency key was used before: nothing was inserted; these are
     /// the first submission's ids and digest.
-    Replay { ids: Vec<TaskId>, request: String },
+    Replay {
+        ids: Vec<TaskId>,
+        request: String,
+    },
 }
 
 /// Ids as runs of consecutive ids, `[[first, count], ...]`: a batch's ids
@@ -187,6 +190,9 @@ pub fn first_id() -> TaskId {
     (seconds << 20).max(1)
 }
 
+/// An idempotency key held by a memory store: (request digest, ids, created).
+type MemoryKey = (String, Vec<TaskId>, u64);
+
 pub struct Store {
     /// Held (locked) for as long as the store is open.
     _lock: Option<std::fs::File>,
@@ -198,7 +204,7 @@ pub struct Store {
     next_id: AtomicU64,
     postgres: Option<postgres::PgStore>,
     /// Idempotency keys of a memory store: key → (request, ids, created).
-    memory_keys: Mutex<std::collections::HashMap<String, (String, Vec<TaskId>, u64)>>,
+    memory_keys: Mutex<std::collections::HashMap<String, MemoryKey>>,
 }
 
 impl Store {

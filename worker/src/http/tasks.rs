@@ -87,7 +87,9 @@ pub async fn cancel(
     Path(id): Path<wire::TaskId>,
 ) -> Result<Json<Interrupted>, ApiError> {
     match state.executor.cancel(id) {
-        0 => Err(ApiError::not_found(format!("task {id} is not running here"))),
+        0 => Err(ApiError::not_found(format!(
+            "task {id} is not running here"
+        ))),
         n => Ok(Json(Interrupted {
             interrupted: n as u64,
         })),

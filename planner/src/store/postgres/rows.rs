@@ -55,9 +55,7 @@ pub fn to_task_at(row: &Row, at: usize) -> Result<Task, tokio_postgres::Error> {
             deadline_ms: row.try_get::<_, Option<i64>>(at + 16)?.map(|v| v as u64),
         }),
         retried: row.try_get::<_, i32>(at + 14)?.max(0) as u32,
-        attempt_errors: crate::store::errors_from_json(
-            row.try_get::<_, Option<&str>>(at + 17)?,
-        ),
+        attempt_errors: crate::store::errors_from_json(row.try_get::<_, Option<&str>>(at + 17)?),
         retry_at_ms: None,
         queue_seq: 0,
     })

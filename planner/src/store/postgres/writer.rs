@@ -53,7 +53,7 @@ pub async fn write_loop(
         if let Err(err) = &result {
             tracing::error!(error = %err, writes = batch.len(), "store commit failed; results are retried");
         }
-        let mut replays = result.as_ref().map(Clone::clone).unwrap_or_default();
+        let mut replays = result.clone().unwrap_or_default();
         for (index, write) in batch.into_iter().enumerate() {
             match write {
                 Write::Insert(_, _, ack) => {
