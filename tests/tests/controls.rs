@@ -313,7 +313,7 @@ async fn a_resubmission_with_its_idempotency_key_returns_the_same_ids_across_a_r
     // The same key for other work is refused, with a JSON error.
     let other = json!({"op": "mul", "args": [6, 8]});
     let (status, refused, _) = submit_keyed(&system, "order-1234", &other).await?;
-    assert_eq!(status, 422, "{refused}");
+    assert_eq!(status, 409, "{refused}");
     assert!(refused["error"].is_string(), "{refused}");
     // A batch: the key names the whole of it.
     let batch = json!([{"op": "add", "args": [1, 1]}, {"op": "add", "args": [2, 2]}]);
