@@ -249,6 +249,16 @@ async fn the_ha_example_runs_three_planners_on_one_database() -> Result<()> {
     );
 
     // `helm test` through the planner Service.
-    helm_test_passes(&cluster).await?;
+    if let Err(err) = helm_test_passes(&cluster).await {
+        let mut latest = String::new();
+        for url in &urls {
+            let tasks = http.get(format!("{url}/tasks?limit=3")).send().await?;
+            latest += &format!("{url}/tasks?limit=3: {}\n", tasks.text().await?);
+        }
+        return Err(err.context(format!(
+            "{latest}{}",
+            cluster.log_tails("workers-planner", 30)
+        )));
+    }
     Ok(())
 }
