@@ -109,10 +109,14 @@ impl Planner {
                 .ok_or_else(|| SubmitError::Invalid("the idempotency key vanished".into()))?;
             return self.replay(replay, key, wait).await;
         }
-        let receivers = if wait {
-            self.subscribe(&ids)
-        } else {
+        let receivers = if !wait {
             Vec::new()
+        } else if self.replica.is_some() {
+            // Stored in the shared database, the tasks are claimable at once,
+            // by this replica too: one may have finished before this line.
+            self.subscribe_existing(&ids).await?
+        } else {
+            self.subscribe(&ids)
         };
         let queued: Vec<TaskView> = if self.events.active() {
             tasks.iter().map(|t| t.view(None)).collect()
