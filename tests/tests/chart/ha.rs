@@ -248,6 +248,30 @@ async fn the_ha_example_runs_three_planners_on_one_database() -> Result<()> {
         "the tasks ran on the rendered workers: {ran_on:?}"
     );
 
+    // `?wait=true` on every replica answers as soon as the task is done,
+    // also when this very replica claims and finishes it at once (it did
+    // not, about once in 180, before the planner subscribed waiters that way).
+    let wait = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()?;
+    for round in 0..20i64 {
+        for url in &urls {
+            for op in ["mul", "add"] {
+                let response = wait
+                    .post(format!("{url}/tasks?wait=true&timeout_ms=10000"))
+                    .json(&json!({"op": op, "args": [round, 3]}))
+                    .send()
+                    .await?;
+                let status = response.status();
+                let answer: Value = response.json().await?;
+                ensure!(
+                    status == 200 && answer["result"] == json!(expected(op, &[round, 3])),
+                    "{op}({round}, 3) waited on {url}: {status} {answer}"
+                );
+            }
+        }
+    }
+
     // `helm test` through the planner Service.
     if let Err(err) = helm_test_passes(&cluster).await {
         let mut latest = String::new();
