@@ -333,7 +333,9 @@ fn expire(
     let chunk = expiry.chunk as u64;
     let mut deleted = match expiry.finished_before_ms {
         Some(cutoff) => {
-            keys_by_age.execute(params![cutoff as i64, chunk as i64])?;
+            // Keys are small rows: a larger step, so keys keep up with a
+            // planner taking many keyed submissions per second.
+            keys_by_age.execute(params![cutoff as i64, (KEYS_PER_TASK_CHUNK * chunk) as i64])?;
             by_age.execute(params![cutoff as i64, chunk as i64])? as u64
         }
         None => 0,
@@ -350,7 +352,7 @@ fn expire(
             if let Some(n) = &mut retained.finished_rows {
                 *n = n.saturating_sub(gone);
             }
-            keys_of_deleted.execute([chunk as i64])?;
+            keys_of_deleted.execute([(KEYS_PER_TASK_CHUNK * chunk) as i64])?;
         }
     }
     // Under steady load freed pages are reused by new tasks; only a large
@@ -366,6 +368,9 @@ fn expire(
     }
     Ok(deleted)
 }
+
+/// Idempotency keys deleted per expiry step, per finished task deleted.
+const KEYS_PER_TASK_CHUNK: u64 = 8;
 
 const COLUMNS: &str = "id, op, args, status, result, error, worker, digest, attempts, submitted_at_ms, started_at_ms, finished_at_ms, priority, retries, retried, timeout_ms, deadline_ms, attempt_errors";
 
@@ -532,6 +537,78 @@ mod tests {
         assert_eq!(left.len(), 51, "50 finished and the queued one");
         assert_eq!(left.first(), Some(&51), "the oldest went first");
         assert_eq!(left.last(), Some(&101), "a queued task is never deleted");
+    }
+
+    #[test]
+    fn a_data_dir_from_before_the_task_controls_opens_and_keeps_its_tasks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.sqlite3");
+        {
+            // The previous version's schema, with a queued and a finished task.
+            let conn = Connection::open(&path).expect("open");
+            conn.execute_batch(
+                "PRAGMA auto_vacuum = INCREMENTAL;
+                 CREATE TABLE tasks (id INTEGER PRIMARY KEY, op TEXT NOT NULL, args TEXT NOT NULL,
+                 status TEXT NOT NULL, result INTEGER, error TEXT, worker TEXT, digest TEXT,
+                 attempts INTEGER NOT NULL DEFAULT 0, submitted_at_ms INTEGER NOT NULL,
+                 started_at_ms INTEGER, finished_at_ms INTEGER);
+                 CREATE INDEX tasks_unfinished ON tasks(status) WHERE status IN ('queued', 'running');
+                 CREATE INDEX tasks_expiry ON tasks(finished_at_ms) WHERE status IN ('done', 'failed', 'cancelled');
+                 CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+                 INSERT INTO tasks (id, op, args, status, attempts, submitted_at_ms)
+                     VALUES (1, 'mul', '[6,7]', 'queued', 0, 10);
+                 INSERT INTO tasks (id, op, args, status, result, attempts, submitted_at_ms, finished_at_ms)
+                     VALUES (2, 'add', '[1,2]', 'done', 3, 1, 10, 20);
+                 INSERT INTO counters VALUES ('next_id', 3);",
+            )
+            .expect("old schema");
+        }
+        let mut conn = open(&path).expect("the old data dir opens");
+        let recovered = recover(&conn, 10).expect("recover");
+        assert_eq!(recovered.next_id, 3);
+        let ids: Vec<u64> = recovered.tasks.iter().map(|t| t.id).collect();
+        assert_eq!(ids, [2, 1]);
+        assert!(
+            recovered
+                .tasks
+                .iter()
+                .all(|t| *t.controls == Controls::default() && t.attempt_errors.is_empty())
+        );
+        // New tasks with controls, and an idempotency key, go in beside them.
+        let task = Task::new(3, "mul".into(), vec![2, 3].into(), 30).with_controls(Controls {
+            priority: -4,
+            retries: 2,
+            timeout_ms: Some(500),
+            deadline_ms: Some(530),
+        });
+        let key = crate::store::Idempotency {
+            key: "k".into(),
+            request: "r".into(),
+            created_at_ms: 30,
+        };
+        let (ack, _) = tokio::sync::oneshot::channel();
+        let batch = [Write::Insert(vec![task.clone()], Some(key.clone()), ack)];
+        let applied = apply(&mut conn, &batch, &mut Retained::default()).expect("insert");
+        assert!(applied.replays.is_empty());
+        let stored = get(&conn, 3).expect("get").expect("stored");
+        assert_eq!(*stored.controls, *task.controls);
+        let (ack, _) = tokio::sync::oneshot::channel();
+        let again = [Write::Insert(vec![task], Some(key), ack)];
+        let applied = apply(&mut conn, &again, &mut Retained::default()).expect("replay");
+        assert_eq!(
+            applied.replays.get(&0),
+            Some(&Insertion::Replay {
+                ids: vec![3],
+                request: "r".into()
+            })
+        );
+        // Retention still finds finished tasks through its new index.
+        let all = Expiry {
+            finished_before_ms: Some(100),
+            keep_at_most: None,
+            chunk: 10,
+        };
+        assert_eq!(expire_once(&mut conn, &mut Retained::default(), all), 1);
     }
 
     #[test]
