@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::board::Board;
 use crate::config::{ServeConfig, StoreKind};
 use crate::dispatch::Dispatcher;
-use crate::modules::Modules;
+use crate::modules::{Module, Modules};
 use crate::planner::{Limits, Parts, Planner, Pusher, Replica};
 use crate::store::{Durability, Store};
 
@@ -152,7 +152,6 @@ pub async fn serve_with(
 /// public so that tests can put it behind [`api::app`] without a socket.
 /// `token` is what it presents to workers (dispatch, module pushes).
 pub async fn build(config: &ServeConfig, token: &Token) -> Result<Arc<Planner>> {
-    // PostgreSQL keeps the tasks; modules stay under DATA_DIR for now.
     let durability = match config.store {
         StoreKind::Memory => Durability::Memory,
         StoreKind::Durable | StoreKind::Postgres => Durability::Durable(config.data_dir.clone()),
@@ -201,11 +200,27 @@ pub async fn build(config: &ServeConfig, token: &Token) -> Result<Arc<Planner>> 
             .then(|| Duration::from_millis(config.unoffered_op_timeout_ms)),
         task_timeout_ms: (config.task_timeout_ms > 0).then_some(config.task_timeout_ms),
     };
-    let modules = Modules::open(match &durability {
-        Durability::Durable(dir) => Some(dir.join("modules")),
-        Durability::Memory => None,
-    })
-    .context("loading stored modules")?;
+    let modules = match store.shared() {
+        // The database keeps the modules every replica rolls out.
+        Some(pg) => {
+            let modules = Modules::open(None)?;
+            for stored in pg
+                .modules(None)
+                .await
+                .context("loading the stored modules")?
+            {
+                let module =
+                    Module::restored(&stored.name, stored.bytes.into(), stored.stored_at_ms);
+                modules.put(module)?;
+            }
+            modules
+        }
+        None => Modules::open(match &durability {
+            Durability::Durable(dir) => Some(dir.join("modules")),
+            Durability::Memory => None,
+        })
+        .context("loading stored modules")?,
+    };
     let replica = (config.store == StoreKind::Postgres).then(|| {
         Replica::new(
             Duration::from_millis(config.replica_lease_ms),

@@ -20,6 +20,13 @@ pub struct Module {
     pub stored_at_ms: u64,
 }
 
+impl Module {
+    /// A module kept elsewhere (the shared store), with its original time.
+    pub fn restored(name: &str, bytes: axum::body::Bytes, stored_at_ms: u64) -> Self {
+        module(name.to_string(), bytes, stored_at_ms)
+    }
+}
+
 pub struct Modules {
     dir: Option<PathBuf>,
     current: RwLock<BTreeMap<String, Arc<Module>>>,

@@ -30,36 +30,42 @@ impl Replicas {
     async fn start(n: usize) -> Result<Self> {
         let db = postgres::database().await?;
         let dir = tempfile::Builder::new().prefix("replicas-").tempdir()?;
-        let mut planners = Vec::new();
-        for i in 1..=n {
-            let mut cmd = planner_command()?;
-            cmd.env("PORT", "0")
-                .env("BIND", "127.0.0.1")
-                .env("STORE", "postgres")
-                .env("DATABASE_URL", &db.url)
-                .env("TOKEN", TOKEN)
-                .env("DATA_DIR", dir.path().join(format!("p{i}-data")))
-                .env("REPLICA_LEASE_MS", "1000")
-                .env("HEARTBEAT_TIMEOUT_MS", "1000");
-            let log = dir.path().join(format!("p{i}.log"));
-            planners.push(Service::start(&format!("p{i}"), cmd, &log).await?);
-        }
-        let system = Self {
+        let mut system = Self {
             dir,
             db,
-            planners,
+            planners: Vec::new(),
             workers: Vec::new(),
             client: reqwest::Client::new(),
         };
-        for planner in &system.planners {
-            let ready = format!("{}/readyz", planner.url());
-            poll(Duration::from_secs(60), "every replica ready", || async {
-                let status = reqwest::get(&ready).await.ok()?.status();
-                status.is_success().then_some(())
-            })
-            .await?;
+        for _ in 0..n {
+            system.add_planner().await?;
         }
         Ok(system)
+    }
+
+    /// Starts one more replica on the same database and waits until it is ready.
+    async fn add_planner(&mut self) -> Result<String> {
+        let i = self.planners.len() + 1;
+        let mut cmd = planner_command()?;
+        cmd.env("PORT", "0")
+            .env("BIND", "127.0.0.1")
+            .env("STORE", "postgres")
+            .env("DATABASE_URL", &self.db.url)
+            .env("TOKEN", TOKEN)
+            .env("DATA_DIR", self.dir.path().join(format!("p{i}-data")))
+            .env("REPLICA_LEASE_MS", "1000")
+            .env("HEARTBEAT_TIMEOUT_MS", "1000");
+        let log = self.dir.path().join(format!("p{i}.log"));
+        let planner = Service::start(&format!("p{i}"), cmd, &log).await?;
+        let url = planner.url();
+        let ready = format!("{url}/readyz");
+        poll(Duration::from_secs(60), "the replica ready", || async {
+            let status = reqwest::get(&ready).await.ok()?.status();
+            status.is_success().then_some(())
+        })
+        .await?;
+        self.planners.push(planner);
+        Ok(url)
     }
 
     async fn add_worker(&mut self, id: &str, planner: &str, env: &[(&str, &str)]) -> Result<()> {
@@ -374,5 +380,125 @@ async fn one_replica_killed_at_30_percent_and_another_rolled_at_60_lose_nothing(
         .await?;
         assert_eq!(view.status, TaskStatus::Done, "{view:?}");
     }
+    Ok(())
+}
+
+async fn get_json<T: serde::de::DeserializeOwned>(url: &str) -> Option<T> {
+    reqwest::get(url).await.ok()?.json().await.ok()
+}
+
+/// The digest of `op` a worker says it runs.
+async fn worker_digest(worker: &str, op: &str) -> Option<String> {
+    let ops: Vec<Value> = get_json(&format!("{worker}/ops")).await?;
+    ops.iter()
+        .find(|o| o["name"] == op)
+        .and_then(|o| o["digest"].as_str())
+        .map(str::to_string)
+}
+
+#[tokio::test]
+async fn every_replica_shows_the_whole_fleet_and_a_module_put_to_one_reaches_every_worker()
+-> Result<()> {
+    let mut system = Replicas::start(2).await?;
+    let (a, b) = (system.planners[0].url(), system.planners[1].url());
+    system.add_worker("wa", &a, &[("OPS", "add")]).await?;
+    system.add_worker("wb", &b, &[("OPS", "mul")]).await?;
+
+    // Each replica lists both workers, whichever it holds.
+    for planner in [&a, &b] {
+        poll(
+            Duration::from_secs(20),
+            &format!("{planner} listing both workers"),
+            || async {
+                let workers: Vec<WorkerView> = get_json(&format!("{planner}/workers")).await?;
+                let ids: Vec<&str> = workers.iter().map(|w| w.id.as_str()).collect();
+                (ids == ["wa", "wb"]).then_some(())
+            },
+        )
+        .await?;
+    }
+
+    // Tasks run through A's worker and B's worker are counted by both.
+    let ids = system.submit(&a, &batch(40, 3)).await?;
+    for id in &ids {
+        poll(Duration::from_secs(30), "a task done", || async {
+            let view = system.task(&b, *id).await.ok()?;
+            (view.status == TaskStatus::Done).then_some(())
+        })
+        .await?;
+    }
+    for planner in [&a, &b] {
+        poll(
+            Duration::from_secs(20),
+            &format!("{planner}'s /stats counting every replica's tasks and workers"),
+            || async {
+                let stats: Value = get_json(&format!("{planner}/stats")).await?;
+                let done_add = stats["by_op"]["add"]["done"].as_u64()?;
+                let done_mul = stats["by_op"]["mul"]["done"].as_u64()?;
+                let flavors = &stats["workers_by_flavor"];
+                (done_add == 20 && done_mul == 20 && flavors["add"] == 1 && flavors["mul"] == 1)
+                    .then_some(())
+            },
+        )
+        .await?;
+    }
+
+    // A module put to A, which has no mul worker, reaches B's mul worker.
+    let v2 = std::fs::read(e2e::fixture("mul_v2"))?;
+    let v2_digest = wire::digest_hex(&v2);
+    let response = system
+        .client
+        .put(format!("{a}/ops/mul"))
+        .bearer_auth(TOKEN)
+        .body(v2)
+        .send()
+        .await?;
+    assert_eq!(
+        response.status().as_u16(),
+        200,
+        "{}",
+        response.text().await?
+    );
+    let wb = system.workers[1].url();
+    poll(Duration::from_secs(20), "wb running v2", || async {
+        (worker_digest(&wb, "mul").await? == v2_digest).then_some(())
+    })
+    .await?;
+    for planner in [&a, &b] {
+        poll(
+            Duration::from_secs(20),
+            &format!("{planner}'s /ops showing the fleet on v2"),
+            || async {
+                let ops: Vec<Value> = get_json(&format!("{planner}/ops")).await?;
+                let mul = ops.iter().find(|o| o["name"] == "mul")?;
+                (mul["digest"] == v2_digest.as_str()
+                    && mul["workers"]["wb"] == v2_digest.as_str()
+                    && mul["up_to_date"] == 1
+                    && mul["behind"] == 0)
+                    .then_some(())
+            },
+        )
+        .await?;
+    }
+    let answer: TaskView = system
+        .client
+        .post(format!("{a}/tasks?wait=true"))
+        .json(&json!({"op": "mul", "args": [6, 7]}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(answer.result, Some(1_000_042), "{answer:?}");
+    assert_eq!(answer.digest.as_deref(), Some(v2_digest.as_str()));
+
+    // A replica started later holds the module too: its late-joining
+    // worker is brought up to date at registration.
+    let c = system.add_planner().await?;
+    system.add_worker("wc", &c, &[("OPS", "mul")]).await?;
+    let wc = system.workers[2].url();
+    poll(Duration::from_secs(20), "wc brought to v2", || async {
+        (worker_digest(&wc, "mul").await? == v2_digest).then_some(())
+    })
+    .await?;
     Ok(())
 }

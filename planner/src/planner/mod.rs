@@ -7,9 +7,11 @@
 //!
 //! The operations are split by concern: [`tasks`] (submitting, reading,
 //! cancelling), [`workers`] (membership), [`rollout`] (modules for the fleet,
-//! pushed by [`push`]).
+//! pushed by [`push`]), and with a shared store [`replicas`] (sharing the
+//! work) and [`fleet`] (showing the whole system from any replica).
 
 mod bulk;
+mod fleet;
 mod push;
 mod replicas;
 mod rollout;
@@ -236,6 +238,7 @@ impl Planner {
     pub fn stats(&self) -> wire::planner::Stats {
         let mut stats = self.board().stats();
         stats.dispatch_gap_us = self.gaps.percentiles();
+        self.fleet_stats(&mut stats);
         stats
     }
 }

@@ -34,7 +34,9 @@ pub struct Replica {
     /// The address workers should heartbeat (this replica's own, not the
     /// Service's), if known.
     pub advertise: Option<String>,
-    wake: Wakeups,
+    pub(super) wake: Wakeups,
+    /// The other replicas' workers, the stored modules, the store's counts.
+    pub(super) fleet: super::fleet::Fleet,
     /// The last claim took all it asked for: more may be waiting, so a
     /// freed slot should claim again at once.
     backlog: AtomicBool,
@@ -55,6 +57,7 @@ impl Replica {
             lease,
             advertise,
             wake: Wakeups::default(),
+            fleet: Default::default(),
             backlog: AtomicBool::new(true),
             healthy: AtomicBool::new(false),
             queued: AtomicUsize::new(0),
@@ -86,6 +89,7 @@ impl Planner {
         tokio::spawn(self.clone().renew_forever());
         tokio::spawn(self.clone().claim_forever());
         tokio::spawn(self.clone().watch_results_forever());
+        tokio::spawn(self.clone().fleet_forever());
     }
 
     /// Asks the claim loop to look now (a slot freed, a worker joined).

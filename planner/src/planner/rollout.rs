@@ -49,6 +49,17 @@ impl Planner {
                 }
             }
         }
+        if let Some(pg) = self.store.shared() {
+            // The database first: the other replicas roll out what it holds.
+            pg.store_module(&crate::store::postgres::StoredModule {
+                name: module.name.clone(),
+                digest: module.digest.clone(),
+                bytes: module.bytes.to_vec(),
+                stored_at_ms: module.stored_at_ms,
+            })
+            .await
+            .map_err(|e| ModuleError::Store(e.into()))?;
+        }
         let module = self.modules.put(module).map_err(ModuleError::Store)?;
         let pushes: Vec<_> = rest
             .map(|(id, url)| {
@@ -71,7 +82,7 @@ impl Planner {
 
     /// Per op: the fleet's current module and which worker runs which digest.
     pub fn rollouts(&self) -> Vec<OpRollout> {
-        let digests = self.board().digests();
+        let digests = self.fleet_digests();
         let mut names: std::collections::BTreeSet<String> = digests.keys().cloned().collect();
         names.extend(self.modules.all().iter().map(|m| m.name.clone()));
         names

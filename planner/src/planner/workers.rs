@@ -75,10 +75,6 @@ impl Planner {
         known
     }
 
-    pub fn workers(&self) -> Vec<wire::planner::WorkerView> {
-        self.board().workers()
-    }
-
     /// Drops workers whose heartbeats stopped, until the process ends.
     pub async fn reap_forever(self: Arc<Self>) {
         let timeout = self.limits.heartbeat_timeout;

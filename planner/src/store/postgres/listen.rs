@@ -23,6 +23,8 @@ pub struct Wakeups {
     pub queued: Arc<Notify>,
     /// `tasks_finished`: results were recorded.
     pub finished: Arc<Notify>,
+    /// `modules_changed`: a module was stored through some replica.
+    pub modules: Arc<Notify>,
 }
 
 /// LISTENs until the process ends, reconnecting with backoff.
@@ -37,6 +39,7 @@ pub async fn listen_forever(target: Target, wake: Wakeups) {
         }
         wake.queued.notify_one();
         wake.finished.notify_one();
+        wake.modules.notify_one();
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
@@ -64,15 +67,17 @@ async fn listen(target: &Target, wake: &Wakeups) -> Result<(), PgError> {
         Ok(())
     });
     client
-        .batch_execute("LISTEN tasks_queued; LISTEN tasks_finished")
+        .batch_execute("LISTEN tasks_queued; LISTEN tasks_finished; LISTEN modules_changed")
         .await?;
     tracing::debug!("listening for the other replicas' wake-ups");
     wake.queued.notify_one();
     wake.finished.notify_one();
+    wake.modules.notify_one();
     while let Some(channel) = rx.recv().await {
         match channel.as_str() {
             "tasks_queued" => wake.queued.notify_one(),
             "tasks_finished" => wake.finished.notify_one(),
+            "modules_changed" => wake.modules.notify_one(),
             _ => {}
         }
     }

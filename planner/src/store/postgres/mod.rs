@@ -8,6 +8,7 @@
 //!   oldest it can run, in batches sized to its free worker slots (`FOR
 //!   UPDATE SKIP LOCKED`), renews its liveness row, and the holder of the
 //!   `janitor` lease gives the tasks of replicas presumed dead back.
+//! - [`fleet`]: the workers, modules and counts every replica shows.
 //! - [`listen`]: NOTIFY wake-ups between replicas (hints; everything polls).
 //! - [`migrate`]: versioned schema files, applied once however many start.
 //!
@@ -16,6 +17,7 @@
 mod claims;
 mod connect;
 mod controls;
+mod fleet;
 mod listen;
 mod migrate;
 mod replicas;
@@ -23,6 +25,7 @@ mod rows;
 mod writer;
 
 pub use connect::Target;
+pub use fleet::StoredModule;
 pub use listen::Wakeups;
 pub use replicas::{Demand, Renewal};
 

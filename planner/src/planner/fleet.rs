@@ -1,0 +1,317 @@
+//! The whole system seen from any replica (PostgreSQL store).
+//!
+//! Each replica writes the views of its own workers when they change
+//! (never per heartbeat: the time of the last heartbeat is left out of the
+//! comparison), reads those of the others, rolls out the modules stored
+//! through any replica to its own workers, and, while someone reads
+//! `/stats`, counts the tasks in the store. One loop does it all, once a
+//! second or when another replica announces a module.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use wire::planner::{Stats, WorkerChange, WorkerEvent, WorkerView};
+
+use super::Planner;
+use crate::events::Event;
+use crate::modules::Module;
+use crate::store::postgres::{PgStore, StoredModule};
+use crate::telemetry;
+
+/// How often the fleet's views are exchanged.
+const SYNC: Duration = Duration::from_secs(1);
+/// Counting tasks is a scan: at most this often, and never more than a
+/// tenth of the time (a slow count waits ten times its length).
+const COUNTS_MIN_AGE: Duration = Duration::from_secs(2);
+/// Counts are kept fresh only while someone asked within this window.
+const COUNTS_WATCHED: Duration = Duration::from_secs(30);
+
+#[derive(Default)]
+pub struct Fleet {
+    /// What this replica last wrote for each of its workers (without the
+    /// heartbeat time), so that only changes are written.
+    published: Mutex<HashMap<String, String>>,
+    /// The other replicas' workers, as last read.
+    others: RwLock<Vec<WorkerView>>,
+    /// Tasks by op and status across the store, as last counted.
+    counts: RwLock<Option<BTreeMap<String, BTreeMap<String, u64>>>>,
+    counted_at: Mutex<Option<(Instant, Duration)>>,
+    /// When `/stats` was last read (ms since `epoch`).
+    stats_asked_ms: AtomicU64,
+    epoch: Mutex<Option<Instant>>,
+}
+
+impl Fleet {
+    fn since_epoch(&self) -> Duration {
+        let mut epoch = self.epoch.lock().unwrap_or_else(|p| p.into_inner());
+        epoch.get_or_insert_with(Instant::now).elapsed()
+    }
+
+    fn stats_asked(&self) {
+        self.stats_asked_ms
+            .store(self.since_epoch().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn stats_watched(&self) -> bool {
+        let asked = self.stats_asked_ms.load(Ordering::Relaxed);
+        asked > 0
+            && self.since_epoch().as_millis() as u64 - asked < COUNTS_WATCHED.as_millis() as u64
+    }
+
+    fn others(&self) -> Vec<WorkerView> {
+        self.others
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl Planner {
+    fn fleet_parts(&self) -> Option<(&Fleet, &PgStore)> {
+        Some((&self.replica.as_ref()?.fleet, self.store.shared()?))
+    }
+
+    /// Exchanges views with the other replicas until the process ends.
+    pub(super) async fn fleet_forever(self: Arc<Self>) {
+        let Some(replica) = self.replica.as_ref() else {
+            return;
+        };
+        let wake = replica.wake.modules.clone();
+        loop {
+            self.sync_fleet().await;
+            tokio::select! {
+                () = wake.notified() => {}
+                () = tokio::time::sleep(SYNC) => {}
+            }
+        }
+    }
+
+    async fn sync_fleet(self: &Arc<Self>) {
+        let Some((fleet, pg)) = self.fleet_parts() else {
+            return;
+        };
+        if let Err(err) = self.publish_workers(fleet, pg).await {
+            tracing::debug!(error = %err, "writing this replica's workers failed; retrying");
+        }
+        match pg.other_workers().await {
+            Ok(rows) => self.take_other_workers(fleet, &rows),
+            Err(err) => tracing::debug!(error = %err, "reading the other replicas' workers failed"),
+        }
+        if let Err(err) = self.sync_modules(pg).await {
+            tracing::warn!(error = %err, "reading the stored modules failed; retrying");
+        }
+        self.count_if_watched(fleet, pg).await;
+    }
+
+    async fn publish_workers(
+        &self,
+        fleet: &Fleet,
+        pg: &PgStore,
+    ) -> Result<(), crate::store::postgres::PgError> {
+        let views = self.board().workers();
+        let mut changed = Vec::new();
+        let mut current = HashMap::with_capacity(views.len());
+        let removed: Vec<String> = {
+            let published = fleet.published.lock().unwrap_or_else(|p| p.into_inner());
+            for view in views {
+                let key = serde_json::to_string(&WorkerView {
+                    last_seen_ms: 0,
+                    ..view.clone()
+                })
+                .unwrap_or_default();
+                if published.get(&view.id) != Some(&key) {
+                    let row = serde_json::to_string(&view).unwrap_or_default();
+                    changed.push((view.id.clone(), row));
+                }
+                current.insert(view.id, key);
+            }
+            published
+                .keys()
+                .filter(|id| !current.contains_key(*id))
+                .cloned()
+                .collect()
+        };
+        if changed.is_empty() && removed.is_empty() {
+            return Ok(());
+        }
+        // Only this loop writes `published`, so nothing changes it meanwhile.
+        pg.publish_workers(&changed, &removed).await?;
+        *fleet.published.lock().unwrap_or_else(|p| p.into_inner()) = current;
+        Ok(())
+    }
+
+    fn take_other_workers(&self, fleet: &Fleet, rows: &[String]) {
+        let mut views: Vec<WorkerView> = Vec::with_capacity(rows.len());
+        for row in rows {
+            match serde_json::from_str::<WorkerView>(row) {
+                Ok(view) => views.push(view),
+                Err(err) => tracing::warn!(error = %err, "unreadable worker row; skipped"),
+            }
+        }
+        for view in &views {
+            for op in view.ops.iter().flatten() {
+                telemetry::offered(&op.name);
+            }
+        }
+        let before: BTreeSet<String> = fleet.others().into_iter().map(|w| w.id).collect();
+        let after: BTreeSet<&String> = views.iter().map(|w| &w.id).collect();
+        if self.events.active() {
+            for view in views.iter().filter(|w| !before.contains(&w.id)) {
+                self.events.publish(Event::Worker(WorkerEvent {
+                    id: view.id.clone(),
+                    change: WorkerChange::Registered,
+                    worker: Some(view.clone()),
+                }));
+            }
+            for id in before.iter().filter(|id| !after.contains(id)) {
+                self.events.publish(Event::Worker(WorkerEvent {
+                    id: id.clone(),
+                    change: WorkerChange::Left,
+                    worker: None,
+                }));
+            }
+        }
+        *fleet.others.write().unwrap_or_else(|p| p.into_inner()) = views;
+    }
+
+    /// Takes the modules stored through other replicas and pushes each to
+    /// this replica's workers that offer its op.
+    async fn sync_modules(
+        self: &Arc<Self>,
+        pg: &PgStore,
+    ) -> Result<(), crate::store::postgres::PgError> {
+        let stored = pg.module_digests().await?;
+        let behind: Vec<String> = stored
+            .into_iter()
+            .filter(|(name, digest)| self.modules.get(name).is_none_or(|m| &m.digest != digest))
+            .map(|(name, _)| name)
+            .collect();
+        if behind.is_empty() {
+            return Ok(());
+        }
+        for stored in pg.modules(Some(&behind)).await? {
+            let Some(module) = self.adopt_module(stored) else {
+                continue;
+            };
+            let targets = self.board().module_targets(&module.name);
+            tracing::info!(op = %module.name, digest = %module.digest, workers = targets.len(), "rolling out a module stored through another replica");
+            let pushes = targets.into_iter().map(|(id, url)| {
+                let (planner, module) = (self.clone(), module.clone());
+                async move {
+                    if let Err(err) = planner.pusher.push(&url, &module).await {
+                        tracing::warn!(worker = %id, op = %module.name, error = %err, "could not push the module");
+                    }
+                }
+            });
+            futures_util::future::join_all(pushes).await;
+        }
+        Ok(())
+    }
+
+    /// A module read from the database, made current here.
+    fn adopt_module(&self, stored: StoredModule) -> Option<Arc<Module>> {
+        let module = Module::restored(&stored.name, stored.bytes.into(), stored.stored_at_ms);
+        if module.digest != stored.digest {
+            tracing::error!(op = %stored.name, "a stored module's bytes do not match its digest; ignored");
+            return None;
+        }
+        match self.modules.put(module) {
+            Ok(module) => Some(module),
+            Err(err) => {
+                tracing::warn!(op = %stored.name, error = %err, "could not keep a stored module");
+                None
+            }
+        }
+    }
+
+    async fn count_if_watched(&self, fleet: &Fleet, pg: &PgStore) {
+        if !fleet.stats_watched() {
+            return;
+        }
+        let due = fleet
+            .counted_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none_or(|(at, took)| at.elapsed() >= COUNTS_MIN_AGE.max(took * 10));
+        if !due {
+            return;
+        }
+        let started = Instant::now();
+        match pg.status_counts().await {
+            Ok(rows) => {
+                let mut by_op: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+                for (op, status, n) in rows {
+                    *by_op.entry(op).or_default().entry(status).or_default() += n;
+                }
+                *fleet.counts.write().unwrap_or_else(|p| p.into_inner()) = Some(by_op);
+            }
+            Err(err) => tracing::debug!(error = %err, "counting tasks failed"),
+        }
+        *fleet.counted_at.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((Instant::now(), started.elapsed()));
+    }
+
+    /// Every worker: this replica's as they are now, the others' as last
+    /// read (at most about a second old).
+    pub fn workers(&self) -> Vec<WorkerView> {
+        let mut workers = self.board().workers();
+        if let Some((fleet, _)) = self.fleet_parts() {
+            let here: BTreeSet<String> = workers.iter().map(|w| w.id.clone()).collect();
+            workers.extend(fleet.others().into_iter().filter(|w| !here.contains(&w.id)));
+            workers.sort_by(|a, b| a.id.cmp(&b.id));
+        }
+        workers
+    }
+
+    /// Op → worker id → digest, for the whole fleet.
+    pub(super) fn fleet_digests(&self) -> BTreeMap<String, BTreeMap<String, String>> {
+        let mut digests = self.board().digests();
+        if let Some((fleet, _)) = self.fleet_parts() {
+            for worker in fleet.others() {
+                for info in worker.ops.iter().flatten() {
+                    digests
+                        .entry(info.name.clone())
+                        .or_default()
+                        .entry(worker.id.clone())
+                        .or_insert_with(|| info.digest.clone());
+                }
+            }
+        }
+        digests
+    }
+
+    /// With a shared store, the counts are the store's (every replica's
+    /// tasks, counted at most a few seconds ago) and the workers the
+    /// fleet's; throughput and dispatch gaps stay this replica's own.
+    pub(super) fn fleet_stats(&self, stats: &mut Stats) {
+        let Some((fleet, _)) = self.fleet_parts() else {
+            return;
+        };
+        fleet.stats_asked();
+        if let Some(counts) = fleet
+            .counts
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            stats.by_status.clear();
+            stats.by_op.clear();
+            for (op, statuses) in counts {
+                for (status, &n) in statuses {
+                    *stats.by_status.entry(status.clone()).or_default() += n;
+                    *stats
+                        .by_op
+                        .entry(op.clone())
+                        .or_default()
+                        .entry(status.clone())
+                        .or_default() += n;
+                }
+            }
+        }
+        for worker in fleet.others() {
+            *stats.workers_by_flavor.entry(worker.flavor).or_default() += 1;
+        }
+    }
+}
