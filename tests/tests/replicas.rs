@@ -84,18 +84,25 @@ impl Replicas {
         Ok(())
     }
 
-    /// The workers each live replica has registered.
+    /// The workers each live replica has registered (every replica lists
+    /// the whole fleet, each worker saying which replica holds it).
     async fn registered(&self, planners: &[&Service]) -> Result<Vec<Vec<WorkerView>>> {
         let mut all = Vec::new();
         for planner in planners {
+            let url = planner.url();
             let workers: Vec<WorkerView> = self
                 .client
-                .get(format!("{}/workers", planner.url()))
+                .get(format!("{url}/workers"))
                 .send()
                 .await?
                 .json()
                 .await?;
-            all.push(workers);
+            all.push(
+                workers
+                    .into_iter()
+                    .filter(|w| w.planner.as_deref() == Some(url.as_str()))
+                    .collect(),
+            );
         }
         Ok(all)
     }
@@ -383,6 +390,43 @@ async fn one_replica_killed_at_30_percent_and_another_rolled_at_60_lose_nothing(
     Ok(())
 }
 
+/// Events read from a planner's `/events` stream, as (event, data).
+struct Followed {
+    events: std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Followed {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+async fn follow_events(planner: &str) -> Result<Followed> {
+    let mut response = reqwest::get(format!("{planner}/events")).await?;
+    ensure!(response.status().is_success(), "{}", response.status());
+    let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = events.clone();
+    let reader = tokio::spawn(async move {
+        let mut buffer = String::new();
+        while let Ok(Some(chunk)) = response.chunk().await {
+            buffer.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buffer.find("\n\n") {
+                let block: String = buffer.drain(..end + 2).collect();
+                let kind = block.lines().find_map(|l| l.strip_prefix("event: "));
+                let data = block.lines().find_map(|l| l.strip_prefix("data: "));
+                if let (Some(kind), Some(Ok(data))) =
+                    (kind, data.map(serde_json::from_str::<Value>))
+                    && let Ok(mut events) = sink.lock()
+                {
+                    events.push((kind.to_string(), data));
+                }
+            }
+        }
+    });
+    Ok(Followed { events, reader })
+}
+
 async fn get_json<T: serde::de::DeserializeOwned>(url: &str) -> Option<T> {
     reqwest::get(url).await.ok()?.json().await.ok()
 }
@@ -401,6 +445,7 @@ async fn every_replica_shows_the_whole_fleet_and_a_module_put_to_one_reaches_eve
 -> Result<()> {
     let mut system = Replicas::start(2).await?;
     let (a, b) = (system.planners[0].url(), system.planners[1].url());
+    let seen_by_b = follow_events(&b).await?;
     system.add_worker("wa", &a, &[("OPS", "add")]).await?;
     system.add_worker("wb", &b, &[("OPS", "mul")]).await?;
 
@@ -427,6 +472,32 @@ async fn every_replica_shows_the_whole_fleet_and_a_module_put_to_one_reaches_eve
         })
         .await?;
     }
+    // B's event stream carries A's worker and the tasks A ran.
+    poll(
+        Duration::from_secs(20),
+        "B's stream showing every task's end",
+        || async {
+            let events = seen_by_b.events.lock().ok()?;
+            let done: HashSet<u64> = events
+                .iter()
+                .filter(|(kind, data)| kind == "task" && data["status"] == "done")
+                .filter_map(|(_, data)| data["id"].as_u64())
+                .collect();
+            let wa_joined = events.iter().any(|(kind, data)| {
+                kind == "worker" && data["id"] == "wa" && data["change"] == "registered"
+            });
+            (wa_joined && ids.iter().all(|id| done.contains(id))).then_some(())
+        },
+    )
+    .await?;
+    let ends = seen_by_b
+        .events
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .iter()
+        .filter(|(kind, data)| kind == "task" && data["status"] == "done")
+        .count();
+    assert_eq!(ends, ids.len(), "each task's end once on B's stream");
     for planner in [&a, &b] {
         poll(
             Duration::from_secs(20),

@@ -296,6 +296,10 @@ pub struct WorkerView {
     /// are not sent to it meanwhile, only retried every few seconds.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub refuses_token: bool,
+    /// With several planner replicas: the address of the one this worker
+    /// registered with (dispatched by and heartbeating to).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planner: Option<String>,
 }
 
 /// `GET /stats`.

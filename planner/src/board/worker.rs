@@ -141,6 +141,7 @@ impl Worker {
             legacy: self.is_legacy(),
             last_seen_ms: self.last_seen_ms,
             refuses_token: self.refuses_token,
+            planner: None,
         }
     }
 }

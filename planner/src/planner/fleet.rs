@@ -6,12 +6,20 @@
 //! through any replica to its own workers, and, while someone reads
 //! `/stats`, counts the tasks in the store. One loop does it all, once a
 //! second or when another replica announces a module.
+//!
+//! While someone follows `/events`, a second loop reads the tasks finished
+//! anywhere (through the store's finish-time index, looking back a few
+//! seconds for results committed late) and publishes those this replica has
+//! not: every replica's stream carries every task's end and every worker's
+//! arrival and departure. Queued and running transitions are each
+//! replica's own.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use wire::TaskId;
 use wire::planner::{Stats, WorkerChange, WorkerEvent, WorkerView};
 
 use super::Planner;
@@ -27,6 +35,13 @@ const SYNC: Duration = Duration::from_secs(1);
 const COUNTS_MIN_AGE: Duration = Duration::from_secs(2);
 /// Counts are kept fresh only while someone asked within this window.
 const COUNTS_WATCHED: Duration = Duration::from_secs(30);
+/// How often, and how far back, the event streams look for other
+/// replicas' finished tasks (results are written within milliseconds of
+/// finishing; the look-back covers a slow commit or a clock a little off).
+const EVENTS_POLL: Duration = Duration::from_millis(250);
+const EVENTS_LOOKBACK_MS: u64 = 5_000;
+/// Most finished tasks read per look.
+const EVENTS_BATCH: usize = 5_000;
 
 #[derive(Default)]
 pub struct Fleet {
@@ -41,6 +56,9 @@ pub struct Fleet {
     /// When `/stats` was last read (ms since `epoch`).
     stats_asked_ms: AtomicU64,
     epoch: Mutex<Option<Instant>>,
+    /// Finished tasks already on this replica's event stream, by id, with
+    /// their finish time (forgotten past the look-back).
+    streamed: Mutex<HashMap<TaskId, u64>>,
 }
 
 impl Fleet {
@@ -110,7 +128,7 @@ impl Planner {
         fleet: &Fleet,
         pg: &PgStore,
     ) -> Result<(), crate::store::postgres::PgError> {
-        let views = self.board().workers();
+        let views = self.workers_here();
         let mut changed = Vec::new();
         let mut current = HashMap::with_capacity(views.len());
         let removed: Vec<String> = {
@@ -253,14 +271,92 @@ impl Planner {
             Some((Instant::now(), started.elapsed()));
     }
 
+    /// Notes a finished task put on this replica's event stream, so the
+    /// store's copy is not put there again.
+    pub(super) fn streamed_finish(&self, task: &crate::task::Task) {
+        if let Some((fleet, _)) = self.fleet_parts() {
+            fleet
+                .streamed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(task.id, task.finished_at_ms.unwrap_or_else(serve::now_ms));
+        }
+    }
+
+    /// Puts the other replicas' finished tasks on this replica's event
+    /// stream while anyone follows it.
+    pub(super) async fn fleet_events_forever(self: Arc<Self>) {
+        let Some((fleet, pg)) = self.fleet_parts() else {
+            return;
+        };
+        // Where the next look starts: a few seconds back, or, after a look
+        // that hit the batch limit, where that one ended.
+        let mut since: Option<u64> = None;
+        let mut resume: Option<u64> = None;
+        loop {
+            tokio::time::sleep(EVENTS_POLL).await;
+            if !self.events.active() {
+                since = None;
+                resume = None;
+                fleet
+                    .streamed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clear();
+                continue;
+            }
+            let newest = *since.get_or_insert_with(serve::now_ms);
+            let from = resume.unwrap_or(newest.saturating_sub(EVENTS_LOOKBACK_MS));
+            let tasks = match pg.finished_since(from, EVENTS_BATCH).await {
+                Ok(tasks) => tasks,
+                Err(err) => {
+                    tracing::debug!(error = %err, "reading finished tasks for the event stream failed");
+                    continue;
+                }
+            };
+            let full = tasks.len() >= EVENTS_BATCH;
+            let mut latest = newest;
+            let fresh: Vec<_> = {
+                let mut streamed = fleet.streamed.lock().unwrap_or_else(|p| p.into_inner());
+                let fresh = tasks
+                    .into_iter()
+                    .filter(|task| {
+                        let at = task.finished_at_ms.unwrap_or(0);
+                        latest = latest.max(at);
+                        streamed.insert(task.id, at).is_none()
+                    })
+                    .collect();
+                let horizon = latest.saturating_sub(2 * EVENTS_LOOKBACK_MS);
+                streamed.retain(|_, at| *at >= horizon);
+                fresh
+            };
+            for task in fresh {
+                self.events.publish(Event::Task(task.view(None)));
+            }
+            since = Some(latest);
+            resume = full.then_some(latest);
+        }
+    }
+
     /// Every worker: this replica's as they are now, the others' as last
     /// read (at most about a second old).
     pub fn workers(&self) -> Vec<WorkerView> {
-        let mut workers = self.board().workers();
+        let mut workers = self.workers_here();
         if let Some((fleet, _)) = self.fleet_parts() {
             let here: BTreeSet<String> = workers.iter().map(|w| w.id.clone()).collect();
             workers.extend(fleet.others().into_iter().filter(|w| !here.contains(&w.id)));
             workers.sort_by(|a, b| a.id.cmp(&b.id));
+        }
+        workers
+    }
+
+    /// This replica's own workers, each saying it is held here.
+    fn workers_here(&self) -> Vec<WorkerView> {
+        let mut workers = self.board().workers();
+        if let Some(here) = self.advertised() {
+            for worker in &mut workers {
+                worker.planner = Some(here.to_string());
+            }
         }
         workers
     }

@@ -202,6 +202,7 @@ impl Planner {
             }
         }
         if self.events.active() {
+            self.streamed_finish(task);
             self.events.publish(Event::Task(task.view(None)));
         }
     }

@@ -30,6 +30,8 @@ use super::postgres::PgError;
 const EXPIRY_INDEX: &str = "CREATE INDEX CONCURRENTLY IF NOT EXISTS tasks_finished \
      ON tasks (finished_at_ms) WHERE status NOT IN ('queued', 'running')";
 const OLD_EXPIRY_INDEX: &str = "DROP INDEX CONCURRENTLY IF EXISTS tasks_expiry";
+/// The predicate of that index: queries that use it repeat it exactly.
+pub const FINISHED: &str = "status NOT IN ('queued', 'running')";
 
 /// Makes sure the expiry index exists. Idempotent; safe with several
 /// planners starting at once (one builds it, the others wait or see it).

@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
+use super::rows::{self, COLUMNS};
 use super::{PgError, PgStore};
+use crate::task::Task;
 
 /// A module as the database keeps it.
 pub struct StoredModule {
@@ -123,6 +125,23 @@ impl PgStore {
                 })
             })
             .collect()
+    }
+
+    /// Tasks that finished at or after `from_ms` (unix ms), oldest first,
+    /// at most `limit`: what the event streams show of the other replicas.
+    pub async fn finished_since(&self, from_ms: u64, limit: usize) -> Result<Vec<Task>, PgError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {COLUMNS} FROM tasks WHERE {} AND finished_at_ms >= $1
+                     ORDER BY finished_at_ms LIMIT $2",
+                    crate::store::pg_retention::FINISHED
+                ),
+                &[&(from_ms as i64), &(limit as i64)],
+            )
+            .await?;
+        Ok(rows::to_tasks(&rows)?)
     }
 
     /// Tasks in the store by op and status, across every replica.
