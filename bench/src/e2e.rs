@@ -135,7 +135,7 @@ async fn memory_latency(plan: &Plan) -> Result<Latency> {
     outcome
 }
 
-fn task(i: u64) -> NewTask {
+pub(crate) fn task(i: u64) -> NewTask {
     let op = if i.is_multiple_of(2) { "add" } else { "mul" };
     NewTask {
         op: op.into(),
@@ -288,7 +288,7 @@ fn check_results(views: &[TaskView]) -> Result<u64> {
     Ok(views.len() as u64)
 }
 
-async fn latency(plan: &Plan, client: &reqwest::Client, url: &str) -> Result<Latency> {
+pub(crate) async fn latency(plan: &Plan, client: &reqwest::Client, url: &str) -> Result<Latency> {
     let deadline = Instant::now() + plan.phase_timeout;
     let warmup = (plan.latency_samples / 10).clamp(10, 200);
     let mut histogram = crate::report::histogram();

@@ -10,7 +10,10 @@
 //!    the same arithmetic done natively;
 //! 6. memory: worker idle RSS, planner RSS per queued task;
 //! 7. the steady state: RSS and disk growth per hour of full-speed load with
-//!    the default retention.
+//!    the default retention;
+//! 8. the PostgreSQL store with one and with three planners in front of the
+//!    same workers: throughput, CPU per task (planners and database),
+//!    single-task latency.
 //!
 //! Everything runs on 127.0.0.1; every load loop is bounded in count and time.
 
@@ -19,6 +22,7 @@ mod e2e;
 mod machine;
 mod memory;
 mod report;
+mod shared_store;
 mod steady;
 mod system;
 mod wasm;
@@ -96,6 +100,9 @@ struct Args {
     /// Also write the figures as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Skip part 8 (the PostgreSQL store), e.g. where PostgreSQL is not installed.
+    #[arg(long)]
+    no_postgres: bool,
     /// Give up on any one phase after this many seconds.
     #[arg(long, default_value_t = 300)]
     phase_timeout_s: u64,
@@ -115,6 +122,7 @@ pub struct Plan {
     pub steady_tasks: u64,
     pub wasm: Duration,
     pub phase_timeout: Duration,
+    pub postgres: bool,
 }
 
 impl Plan {
@@ -144,6 +152,7 @@ impl Plan {
                 .max(40_000),
             wasm: secs(pick(args.wasm_secs, 3.0, 0.5))?,
             phase_timeout: Duration::from_secs(args.phase_timeout_s.max(1)),
+            postgres: !args.no_postgres,
         };
         Ok(plan)
     }
@@ -190,12 +199,12 @@ async fn run(args: Args) -> Result<()> {
         ..Figures::default()
     };
 
-    progress("1/7 ceiling: trivial axum handler, keep-alive reqwest client");
+    progress("1/8 ceiling: trivial axum handler, keep-alive reqwest client");
     figures.ceiling = ceiling::measure(&plan)
         .await
         .context("measuring the ceiling")?;
 
-    progress("2-4/7 end-to-end: planner (durable) + workers");
+    progress("2-4/8 end-to-end: planner (durable) + workers");
     let e2e = e2e::measure(&plan).await.context("the end-to-end run")?;
     figures.throughput = e2e.throughput;
     if figures.ceiling.round_trips_per_s > 0.0 {
@@ -207,20 +216,28 @@ async fn run(args: Args) -> Result<()> {
     figures.gap = e2e.gap;
     figures.worker_idle_rss_kib = e2e.worker_idle_rss_kib;
 
-    progress("5/7 WASM cost per call");
+    progress("5/8 WASM cost per call");
     figures.wasm = wasm::measure(&plan)
         .await
         .context("measuring the WASM call cost")?;
 
-    progress("6/7 planner memory with queued tasks");
+    progress("6/8 planner memory with queued tasks");
     figures.planner_memory = memory::measure(&plan)
         .await
         .context("measuring the planner's memory")?;
 
-    progress("7/7 steady state: default retention, full speed");
+    progress("7/8 steady state: default retention, full speed");
     figures.steady = steady::measure(&plan)
         .await
         .context("measuring the steady state")?;
+    if plan.postgres {
+        progress("8/8 PostgreSQL store: 1 and 3 planners, the same workers");
+        figures.shared_store = Some(
+            shared_store::measure(&plan)
+                .await
+                .context("measuring the PostgreSQL store (--no-postgres skips it)")?,
+        );
+    }
     figures.wall_secs = started.elapsed().as_secs_f64();
     figures.load_end = machine::load_average();
     println!(

@@ -11,6 +11,7 @@ use crate::ceiling::Ceiling;
 use crate::e2e::{Gap, Latency, Throughput};
 use crate::machine::Machine;
 use crate::memory::PlannerMemory;
+use crate::shared_store::SharedStore;
 use crate::steady::SteadyState;
 use crate::wasm::WasmCost;
 
@@ -25,6 +26,8 @@ pub struct Figures {
     pub worker_idle_rss_kib: u64,
     pub planner_memory: PlannerMemory,
     pub steady: SteadyState,
+    /// Part 8, unless skipped (`--no-postgres`).
+    pub shared_store: Option<SharedStore>,
     pub wall_secs: f64,
     /// 1-minute load average when the run started and when it ended.
     pub load_start: f64,
@@ -49,7 +52,7 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    fn of(pass: bool) -> Self {
+    pub(crate) fn of(pass: bool) -> Self {
         if pass { Self::Pass } else { Self::Miss }
     }
 
@@ -70,7 +73,7 @@ pub struct Row {
     pub verdict: Verdict,
 }
 
-fn row(
+pub(crate) fn row(
     part: &'static str,
     figure: impl Into<String>,
     value: String,
@@ -99,7 +102,7 @@ pub fn rows(f: &Figures) -> Vec<Row> {
         0.0
     };
     let m = &f.planner_memory;
-    vec![
+    let mut rows = vec![
         row(
             "1",
             format!(
@@ -275,7 +278,11 @@ pub fn rows(f: &Figures) -> Vec<Row> {
             "",
             Verdict::Info,
         ),
-    ]
+    ];
+    if let Some(shared) = &f.shared_store {
+        rows.extend(crate::shared_store::rows(shared, t.tasks_per_s));
+    }
+    rows
 }
 
 pub fn table(rows: &[Row]) -> String {

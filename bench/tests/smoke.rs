@@ -73,6 +73,13 @@ fn quick_run_reports_every_figure() {
         "/steady/rss_end_kib",
         "/steady/disk_end_bytes",
         "/steady/minutes_to_count_cap",
+        "/shared_store/one/tasks_per_s",
+        "/shared_store/one/database_cpu_us",
+        "/shared_store/one/latency/p50_us",
+        "/shared_store/three/tasks_per_s",
+        "/shared_store/three/planners_cpu_us",
+        "/shared_store/three/database_cpu_us",
+        "/shared_store/three/latency/p99_us",
     ] {
         let value = figures.pointer(path).and_then(Value::as_f64);
         assert!(
@@ -90,6 +97,7 @@ fn quick_run_reports_every_figure() {
         "native checked_add",
         "worker idle RSS",
         "planner RSS per queued task",
+        "PostgreSQL store, 3 planners",
     ] {
         assert!(
             printed.contains(label),

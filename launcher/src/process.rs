@@ -146,3 +146,22 @@ pub fn sibling_binary(name: &str) -> Result<PathBuf> {
     }
     Ok(path)
 }
+
+/// Polls `check` until it returns `Some`, or fails after `deadline` saying
+/// what was awaited. For state that changes by events we can't subscribe to.
+pub async fn poll<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let until = std::time::Instant::now() + deadline;
+    loop {
+        if let Some(value) = check().await {
+            return Ok(value);
+        }
+        if std::time::Instant::now() > until {
+            anyhow::bail!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

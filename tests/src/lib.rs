@@ -4,7 +4,6 @@
 //! Build the binaries first (`cargo build --release --bins`); the test
 //! command in `scripts/test` does.
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -18,7 +17,7 @@ use wire::planner::{TaskView, WorkerView};
 pub mod browser;
 pub mod chart;
 pub mod front;
-pub mod postgres;
+pub use launcher::postgres;
 pub mod values_doc;
 
 /// A component built from `tests/fixtures/ops` or `ops/` by `build.rs`.
@@ -31,24 +30,7 @@ pub fn fixture_dir() -> PathBuf {
     PathBuf::from(env!("FIXTURE_OPS_DIR"))
 }
 
-/// Polls `check` until it returns `Some`, or fails after `deadline` saying
-/// what was awaited. For state that changes by events we can't subscribe to.
-pub async fn poll<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let until = Instant::now() + deadline;
-    loop {
-        if let Some(value) = check().await {
-            return Ok(value);
-        }
-        if Instant::now() > until {
-            bail!("timed out after {deadline:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+pub use launcher::process::poll;
 
 pub fn planner_command() -> Result<Command> {
     Ok(Command::new(sibling_binary("planner")?))

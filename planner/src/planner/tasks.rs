@@ -97,7 +97,21 @@ impl Planner {
             })
             .collect();
         let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
-        if let Insertion::Replay { .. } = self.store.insert(tasks.clone(), key.clone()).await? {
+        // Waiters first: with a shared store another replica (or this one's
+        // claim loop) may run a task the moment its insert commits.
+        let receivers = if wait {
+            self.subscribe(&ids)
+        } else {
+            Vec::new()
+        };
+        let inserted = self.store.insert(tasks.clone(), key.clone()).await;
+        if !matches!(inserted, Ok(Insertion::Inserted)) {
+            let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+            for id in &ids {
+                waiters.remove(id);
+            }
+        }
+        if let Insertion::Replay { .. } = inserted? {
             // Another submission with this key won the race: answer as it did.
             let Some(key) = &key else {
                 return Err(SubmitError::Invalid("a replay without a key".into()));
@@ -109,15 +123,6 @@ impl Planner {
                 .ok_or_else(|| SubmitError::Invalid("the idempotency key vanished".into()))?;
             return self.replay(replay, key, wait).await;
         }
-        let receivers = if !wait {
-            Vec::new()
-        } else if self.replica.is_some() {
-            // Stored in the shared database, the tasks are claimable at once,
-            // by this replica too: one may have finished before this line.
-            self.subscribe_existing(&ids).await?
-        } else {
-            self.subscribe(&ids)
-        };
         let queued: Vec<TaskView> = if self.events.active() {
             tasks.iter().map(|t| t.view(None)).collect()
         } else {

@@ -1,4 +1,5 @@
-//! A real PostgreSQL for the tests: a fresh database per test.
+//! A real PostgreSQL for the tests and the benchmark: a fresh database per
+//! test, or a cluster of one's own.
 //!
 //! With `DATABASE_URL` set, each test gets a new database on that server.
 //! Otherwise the first test that asks starts a throwaway cluster (initdb in a
@@ -123,11 +124,24 @@ pub struct Cluster {
     server: Mutex<Option<std::process::Child>>,
     /// The OS user the server runs as (when the tests run as root).
     user: Option<nix::unistd::User>,
+    /// Waits for the disk on commit, like a production server (the
+    /// benchmark's); the tests' clusters do not.
+    durable: bool,
 }
 
 impl Cluster {
-    /// A new cluster of its own (most tests share one through [`database`]).
+    /// A new cluster of its own (most tests share one through [`database`]),
+    /// not waiting for the disk.
     pub async fn start() -> Result<Self> {
+        Self::start_with(false).await
+    }
+
+    /// A cluster that fsyncs its commits, as a production server does.
+    pub async fn start_durable() -> Result<Self> {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(durable: bool) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("e2e-pg-").tempdir()?;
         let user = if nix::unistd::Uid::effective().is_root() {
             let user = nix::unistd::User::from_name("postgres")?
@@ -167,10 +181,20 @@ impl Cluster {
             port: 0,
             server: Mutex::new(None),
             user,
+            durable,
         };
         cluster.port = free_port()?;
         cluster.run().await?;
         Ok(cluster)
+    }
+
+    /// The server's (postmaster's) process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.server
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(std::process::Child::id)
     }
 
     /// `postgres://` URL of database `name` on this cluster.
@@ -200,16 +224,20 @@ impl Cluster {
                 "unix_socket_directories={}",
                 self.dir.path().display()
             ))
-            // Throwaway data: no need to wait for the disk.
-            .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
-            .args(["-c", "full_page_writes=off", "-c", "max_connections=300"])
+            .args(["-c", "max_connections=300"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
+        if !self.durable {
+            // Throwaway data: no need to wait for the disk.
+            postgres
+                .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
+                .args(["-c", "full_page_writes=off"]);
+        }
         as_user(&mut postgres, self.user.as_ref());
         let child = postgres.spawn().context("starting postgres")?;
         *self.server.lock().unwrap_or_else(|p| p.into_inner()) = Some(child);
-        let ready = crate::poll(
+        let ready = crate::process::poll(
             Duration::from_secs(60),
             "postgres to accept connections",
             || async {
@@ -223,7 +251,7 @@ impl Cluster {
         )
         .await;
         if let Err(err) = ready {
-            let log = launcher::process::tail(&self.dir.path().join("postgres.log"), 10);
+            let log = crate::process::tail(&self.dir.path().join("postgres.log"), 10);
             bail!("{err}; postgres log:\n{log}");
         }
         Ok(())
