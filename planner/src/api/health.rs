@@ -33,12 +33,12 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
 
 #[utoipa::path(get, path = "/stats", tag = "observe", responses((status = 200, description = "Counts by status and op, workers by flavor, throughput, dispatch gap", body = wire::planner::Stats)))]
 pub async fn stats(State(state): State<AppState>) -> Json<Stats> {
-    Json(crate::telemetry::bounded(state.planner.stats()))
+    Json(crate::telemetry::bounded(state.planner.stats().await))
 }
 
 /// Prometheus text; the gauges are brought up to date first.
 #[utoipa::path(get, path = "/metrics", tag = "observe", responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
-    crate::telemetry::refresh(&state.planner.stats(), &state.planner.workers());
+    crate::telemetry::refresh(&state.planner.stats().await, &state.planner.workers());
     serve::metrics::render(&state.metrics)
 }

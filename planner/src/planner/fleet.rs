@@ -3,9 +3,11 @@
 //! Each replica writes the views of its own workers when they change
 //! (never per heartbeat: the time of the last heartbeat is left out of the
 //! comparison), reads those of the others, rolls out the modules stored
-//! through any replica to its own workers, and, while someone reads
-//! `/stats`, counts the tasks in the store. One loop does it all, once a
-//! second or when another replica announces a module.
+//! through any replica to its own workers. One loop does it all, once a
+//! second or when another replica announces a module. `/stats` counts the
+//! tasks in the store when asked (after this replica's pending writes),
+//! reusing a count for ten times as long as it took, so that a large table
+//! costs the database at most a tenth of its time.
 //!
 //! While someone follows `/events`, a second loop reads the tasks finished
 //! anywhere (through the store's finish-time index, looking back a few
@@ -15,7 +17,6 @@
 //! replica's own.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -30,11 +31,9 @@ use crate::telemetry;
 
 /// How often the fleet's views are exchanged.
 const SYNC: Duration = Duration::from_secs(1);
-/// Counting tasks is a scan: at most this often, and never more than a
-/// tenth of the time (a slow count waits ten times its length).
-const COUNTS_MIN_AGE: Duration = Duration::from_secs(2);
-/// Counts are kept fresh only while someone asked within this window.
-const COUNTS_WATCHED: Duration = Duration::from_secs(30);
+/// A count of the store's tasks is reused for this many times as long as
+/// it took.
+const COUNTS_REUSE: u32 = 10;
 /// How often, and how far back, the event streams look for other
 /// replicas' finished tasks (results are written within milliseconds of
 /// finishing; the look-back covers a slow commit or a clock a little off).
@@ -43,6 +42,12 @@ const EVENTS_LOOKBACK_MS: u64 = 5_000;
 /// Most finished tasks read per look.
 const EVENTS_BATCH: usize = 5_000;
 
+struct Counted {
+    by_op: BTreeMap<String, BTreeMap<String, u64>>,
+    at: Instant,
+    took: Duration,
+}
+
 #[derive(Default)]
 pub struct Fleet {
     /// What this replica last wrote for each of its workers (without the
@@ -50,34 +55,15 @@ pub struct Fleet {
     published: Mutex<HashMap<String, String>>,
     /// The other replicas' workers, as last read.
     others: RwLock<Vec<WorkerView>>,
-    /// Tasks by op and status across the store, as last counted.
-    counts: RwLock<Option<BTreeMap<String, BTreeMap<String, u64>>>>,
-    counted_at: Mutex<Option<(Instant, Duration)>>,
-    /// When `/stats` was last read (ms since `epoch`).
-    stats_asked_ms: AtomicU64,
-    epoch: Mutex<Option<Instant>>,
+    /// Tasks by op and status across the store, when last counted, and how
+    /// long that took. One count at a time.
+    counts: tokio::sync::Mutex<Option<Counted>>,
     /// Finished tasks already on this replica's event stream, by id, with
     /// their finish time (forgotten past the look-back).
     streamed: Mutex<HashMap<TaskId, u64>>,
 }
 
 impl Fleet {
-    fn since_epoch(&self) -> Duration {
-        let mut epoch = self.epoch.lock().unwrap_or_else(|p| p.into_inner());
-        epoch.get_or_insert_with(Instant::now).elapsed()
-    }
-
-    fn stats_asked(&self) {
-        self.stats_asked_ms
-            .store(self.since_epoch().as_millis() as u64, Ordering::Relaxed);
-    }
-
-    fn stats_watched(&self) -> bool {
-        let asked = self.stats_asked_ms.load(Ordering::Relaxed);
-        asked > 0
-            && self.since_epoch().as_millis() as u64 - asked < COUNTS_WATCHED.as_millis() as u64
-    }
-
     fn others(&self) -> Vec<WorkerView> {
         self.others
             .read()
@@ -120,7 +106,6 @@ impl Planner {
         if let Err(err) = self.sync_modules(pg).await {
             tracing::warn!(error = %err, "reading the stored modules failed; retrying");
         }
-        self.count_if_watched(fleet, pg).await;
     }
 
     async fn publish_workers(
@@ -244,33 +229,6 @@ impl Planner {
         }
     }
 
-    async fn count_if_watched(&self, fleet: &Fleet, pg: &PgStore) {
-        if !fleet.stats_watched() {
-            return;
-        }
-        let due = fleet
-            .counted_at
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_none_or(|(at, took)| at.elapsed() >= COUNTS_MIN_AGE.max(took * 10));
-        if !due {
-            return;
-        }
-        let started = Instant::now();
-        match pg.status_counts().await {
-            Ok(rows) => {
-                let mut by_op: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
-                for (op, status, n) in rows {
-                    *by_op.entry(op).or_default().entry(status).or_default() += n;
-                }
-                *fleet.counts.write().unwrap_or_else(|p| p.into_inner()) = Some(by_op);
-            }
-            Err(err) => tracing::debug!(error = %err, "counting tasks failed"),
-        }
-        *fleet.counted_at.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((Instant::now(), started.elapsed()));
-    }
-
     /// Notes a finished task put on this replica's event stream, so the
     /// store's copy is not put there again.
     pub(super) fn streamed_finish(&self, task: &crate::task::Task) {
@@ -379,22 +337,42 @@ impl Planner {
     }
 
     /// With a shared store, the counts are the store's (every replica's
-    /// tasks, counted at most a few seconds ago) and the workers the
-    /// fleet's; throughput and dispatch gaps stay this replica's own.
-    pub(super) fn fleet_stats(&self, stats: &mut Stats) {
-        let Some((fleet, _)) = self.fleet_parts() else {
+    /// tasks) and the workers the fleet's; throughput and dispatch gaps
+    /// stay this replica's own.
+    pub(super) async fn fleet_stats(&self, stats: &mut Stats) {
+        let Some((fleet, pg)) = self.fleet_parts() else {
             return;
         };
-        fleet.stats_asked();
-        if let Some(counts) = fleet
-            .counts
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+        let mut counts = fleet.counts.lock().await;
+        let reusable = counts
             .as_ref()
-        {
+            .is_some_and(|c| c.at.elapsed() < c.took * COUNTS_REUSE);
+        if !reusable {
+            // This replica's own results first, so that what it answered
+            // as finished is counted so.
+            pg.flush().await;
+            let started = Instant::now();
+            match pg.status_counts().await {
+                Ok(rows) => {
+                    let mut by_op: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+                    for (op, status, n) in rows {
+                        *by_op.entry(op).or_default().entry(status).or_default() += n;
+                    }
+                    *counts = Some(Counted {
+                        by_op,
+                        at: Instant::now(),
+                        took: started.elapsed(),
+                    });
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "counting the store's tasks failed; showing the last count")
+                }
+            }
+        }
+        if let Some(counted) = counts.as_ref() {
             stats.by_status.clear();
             stats.by_op.clear();
-            for (op, statuses) in counts {
+            for (op, statuses) in &counted.by_op {
                 for (status, &n) in statuses {
                     *stats.by_status.entry(status.clone()).or_default() += n;
                     *stats
@@ -406,7 +384,9 @@ impl Planner {
                 }
             }
         }
-        for worker in fleet.others() {
+        drop(counts);
+        let here: BTreeSet<String> = self.board().workers().into_iter().map(|w| w.id).collect();
+        for worker in fleet.others().into_iter().filter(|w| !here.contains(&w.id)) {
             *stats.workers_by_flavor.entry(worker.flavor).or_default() += 1;
         }
     }

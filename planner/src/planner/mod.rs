@@ -236,10 +236,10 @@ impl Planner {
         &self.events
     }
 
-    pub fn stats(&self) -> wire::planner::Stats {
+    pub async fn stats(&self) -> wire::planner::Stats {
         let mut stats = self.board().stats();
         stats.dispatch_gap_us = self.gaps.percentiles();
-        self.fleet_stats(&mut stats);
+        self.fleet_stats(&mut stats).await;
         stats
     }
 }

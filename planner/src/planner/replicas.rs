@@ -23,6 +23,8 @@ use crate::task::Task;
 /// How often each loop looks without being woken.
 const CLAIM_POLL: Duration = Duration::from_millis(200);
 const RESULT_POLL: Duration = Duration::from_millis(250);
+/// Least time between two recounts of a full queue.
+const RECOUNT_SPACING: Duration = Duration::from_millis(250);
 /// Most ids asked about in one query by the result watcher.
 const WATCH_BATCH: usize = 10_000;
 
@@ -49,6 +51,7 @@ pub struct Replica {
     /// Tasks ever submitted here, so a count can add those that came while
     /// it ran.
     submitted: AtomicUsize,
+    last_recount: tokio::sync::Mutex<Option<Instant>>,
 }
 
 impl Replica {
@@ -62,6 +65,7 @@ impl Replica {
             healthy: AtomicBool::new(false),
             queued: AtomicUsize::new(0),
             submitted: AtomicUsize::new(0),
+            last_recount: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -126,6 +130,26 @@ impl Planner {
     /// Tasks queued system-wide, as last counted (shared store only).
     pub(super) fn queued_shared(&self) -> Option<usize> {
         Some(self.replica.as_ref()?.queued.load(Ordering::Acquire))
+    }
+
+    /// Counts the system's queue again, after this replica's pending
+    /// writes: the estimate is refreshed with each renewal only, so a
+    /// submission it would refuse asks first. At most one count per
+    /// [`RECOUNT_SPACING`] (a client hammering a full queue must not turn
+    /// each refusal into a scan); `None` when none was made.
+    pub(super) async fn recount_shared(&self) -> Option<usize> {
+        let (replica, pg) = self.shared_parts()?;
+        let mut last = replica.last_recount.lock().await;
+        if last.is_some_and(|at| at.elapsed() < RECOUNT_SPACING) {
+            return None;
+        }
+        *last = Some(Instant::now());
+        pg.flush().await;
+        let before = replica.submitted.load(Ordering::Acquire);
+        let n = pg.queued(self.limits.queue.saturating_add(1)).await.ok()?;
+        let since = replica.submitted.load(Ordering::Acquire) - before;
+        replica.queued.store(n + since, Ordering::Release);
+        Some(n + since)
     }
 
     async fn claim_forever(self: Arc<Self>) {

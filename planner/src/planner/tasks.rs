@@ -78,9 +78,14 @@ impl Planner {
             return self.replay(replay, key, wait).await;
         }
         self.validate(&new)?;
-        let queued = self
+        let mut queued = self
             .queued_shared()
             .unwrap_or_else(|| self.board().queued());
+        if queued + new.len() > self.limits.queue
+            && let Some(recounted) = self.recount_shared().await
+        {
+            queued = recounted;
+        }
         if queued + new.len() > self.limits.queue {
             return Err(SubmitError::QueueFull {
                 limit: self.limits.queue,
