@@ -23,6 +23,8 @@ pub struct Controls {
     /// When it expires (unix ms): submission plus its own timeout or the
     /// planner's default.
     pub deadline_ms: Option<u64>,
+    /// The batch it was submitted in: its array's first task id.
+    pub batch: Option<TaskId>,
 }
 
 #[derive(Debug, Clone)]
@@ -133,6 +135,7 @@ impl Task {
             deadline_ms: self.controls.deadline_ms,
             retry_at_ms: self.retry_at_ms,
             attempt_errors: self.attempt_errors.clone(),
+            batch: self.controls.batch,
         }
     }
 }

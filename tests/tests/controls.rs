@@ -462,3 +462,41 @@ async fn a_task_asking_to_wait_longer_outlives_the_unoffered_op_timeout() -> any
     assert_eq!((view.status, view.result), (TaskStatus::Done, Some(42)));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_batch_is_followed_as_one_unit_by_its_id() -> anyhow::Result<()> {
+    let system = System::with_workers(&[], 1, &[("OPS", "add")]).await?;
+    let batch: Vec<Value> = (0..5)
+        .map(|i| json!({"op": "add", "args": [i, 1]}))
+        .chain([json!({"op": "mul", "args": [2, 3], "timeout_ms": 100})])
+        .collect();
+    let (status, accepted) = system.submit(&Value::Array(batch)).await?;
+    assert_eq!(status, 202, "{accepted}");
+    let ids: Vec<TaskId> = serde_json::from_value(accepted["ids"].clone())?;
+    assert_eq!(accepted["batch"], json!(ids[0]), "{accepted}");
+    let view = poll(Duration::from_secs(20), "the batch to finish", || async {
+        let view: Value = system
+            .get_json(&format!("/batches/{}", ids[0]))
+            .await
+            .ok()?;
+        (view["finished"] == true).then_some(view)
+    })
+    .await?;
+    assert_eq!(view["total"], 6, "{view}");
+    assert_eq!(
+        view["by_status"],
+        json!({"done": 5, "expired": 1}),
+        "{view}"
+    );
+    assert_eq!(system.task(ids[3]).await?.batch, Some(ids[0]));
+    // A single task is no batch.
+    let (_, single) = system.submit(&json!({"op": "add", "args": [1, 1]})).await?;
+    assert!(single.get("batch").is_none(), "{single}");
+    let missing = system
+        .client
+        .get(system.url(&format!("/batches/{}", ids[5] + 1_000_000)))
+        .send()
+        .await?;
+    assert_eq!(missing.status(), 404);
+    Ok(())
+}

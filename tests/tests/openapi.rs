@@ -56,6 +56,10 @@ async fn every_documented_route_answers_as_documented() -> anyhow::Result<()> {
     let stuck_too = system
         .submit_ids(&json!({"op": "nothing-offers-this", "args": []}))
         .await?[0];
+    let (_, batch) = system
+        .submit(&json!([{"op": "add", "args": [1, 1]}, {"op": "add", "args": [2, 2]}]))
+        .await?;
+    let batch = batch["batch"].as_u64().unwrap_or(0);
     let too_many_ids = (1..=1001)
         .map(|i| i.to_string())
         .collect::<Vec<_>>()
@@ -153,6 +157,16 @@ async fn every_documented_route_answers_as_documented() -> anyhow::Result<()> {
             200,
         ),
         call("GET", "/tasks/{id}", "/tasks/987654", None, false, 404),
+        call(
+            "GET",
+            "/batches/{id}",
+            format!("/batches/{batch}"),
+            None,
+            false,
+            200,
+        ),
+        call("GET", "/batches/{id}", "/batches/987654", None, false, 404),
+        call("GET", "/batches/{id}", "/batches/x", None, false, 400),
         call("GET", "/tasks/{id}", "/tasks/x", None, false, 400),
         call(
             "POST",

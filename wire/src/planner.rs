@@ -116,6 +116,22 @@ impl<'de> Deserialize<'de> for Submission {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Accepted {
     pub ids: Vec<TaskId>,
+    /// For an array: the batch's id (its first task's), for `GET /batches/{id}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<TaskId>,
+}
+
+/// `GET /batches/{id}`: a batch submission's tasks counted by status.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BatchView {
+    pub id: TaskId,
+    /// Its tasks still kept (finished ones leave with retention).
+    pub total: u64,
+    /// Status → tasks (statuses with none left out).
+    pub by_status: std::collections::BTreeMap<String, u64>,
+    /// Every task kept reached a final state.
+    pub finished: bool,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -211,6 +227,9 @@ pub struct TaskView {
     /// [`crate::controls::MAX_ATTEMPT_ERRORS`]); the final one is `error`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attempt_errors: Vec<AttemptError>,
+    /// The batch it was submitted in (an array's first task id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<TaskId>,
 }
 
 fn is_zero_i8(n: &i8) -> bool {

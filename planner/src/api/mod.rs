@@ -103,6 +103,7 @@ fn routes(access: &Access) -> OpenApiRouter<AppState> {
         .routes(routes!(ui::index))
         .routes(routes!(tasks::list))
         .routes(routes!(tasks::get))
+        .routes(routes!(tasks::batch))
         .routes(routes!(workers::list))
         .routes(routes!(ops::list))
         .routes(routes!(events::stream))

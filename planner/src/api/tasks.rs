@@ -73,16 +73,21 @@ pub async fn submit(
     }
     let submitted = state
         .planner
-        .submit_keyed(tasks, query.wait, key)
+        .submit_keyed(tasks, query.wait, key, !single)
         .await
         .map_err(submit_error)?;
-    let (ids, receivers) = (submitted.ids, submitted.receivers);
+    let (ids, receivers, batch) = (submitted.ids, submitted.receivers, submitted.batch);
     let replayed = [(
         HeaderName::from_static("idempotent-replayed"),
         HeaderValue::from_static(if submitted.replayed { "true" } else { "false" }),
     )];
     if !query.wait {
-        return Ok((StatusCode::ACCEPTED, replayed, Json(Accepted { ids })).into_response());
+        return Ok((
+            StatusCode::ACCEPTED,
+            replayed,
+            Json(Accepted { ids, batch }),
+        )
+            .into_response());
     }
     let timeout =
         Duration::from_millis(query.timeout_ms.unwrap_or(DEFAULT_WAIT_MS).min(MAX_WAIT_MS));
@@ -199,7 +204,7 @@ pub async fn random(
         .submit(tasks, false)
         .await
         .map_err(submit_error)?;
-    Ok((StatusCode::ACCEPTED, Json(Accepted { ids })).into_response())
+    Ok((StatusCode::ACCEPTED, Json(Accepted { ids, batch: None })).into_response())
 }
 
 #[utoipa::path(get, path = "/tasks/{id}", tag = "tasks", params(("id" = u64, Path, description = "Task id")), responses((status = 200, description = "The task", body = wire::planner::TaskView), (status = 400, description = "Not a task id", body = wire::ErrorBody), (status = 404, description = "No such task", body = wire::ErrorBody)))]
@@ -211,6 +216,20 @@ pub async fn get(
         Some(view) => Ok(Json(view)),
         None => Err(ApiError::not_found(format!(
             "no task {id}: it expired (finished tasks are kept for RESULT_TTL) or never existed"
+        ))),
+    }
+}
+
+/// `GET /batches/{id}`: a batch submission followed as one unit.
+#[utoipa::path(get, path = "/batches/{id}", tag = "tasks", params(("id" = u64, Path, description = "The batch's id (`batch` in the submission's answer: its first task's id)")), responses((status = 200, description = "The batch's tasks counted by status", body = wire::planner::BatchView), (status = 400, description = "Not a batch id", body = wire::ErrorBody), (status = 404, description = "No such batch (or all its tasks expired)", body = wire::ErrorBody)))]
+pub async fn batch(
+    State(state): State<AppState>,
+    Path(id): Path<TaskId>,
+) -> Result<Json<wire::planner::BatchView>, ApiError> {
+    match state.planner.batch(id).await.map_err(ApiError::internal)? {
+        Some(view) => Ok(Json(view)),
+        None => Err(ApiError::not_found(format!(
+            "no batch {id}: its tasks expired (finished tasks are kept for RESULT_TTL) or it never existed"
         ))),
     }
 }

@@ -63,6 +63,34 @@ impl Board {
         ids.into_iter().filter_map(|id| self.view(id)).collect()
     }
 
+    /// The tasks of batch `id` here: by status when `all` (a scan of the
+    /// board), and how many are running (its workers' slots only).
+    pub fn batch_counts(
+        &self,
+        id: TaskId,
+        all: bool,
+    ) -> (std::collections::BTreeMap<String, u64>, u64) {
+        let mut by_status = std::collections::BTreeMap::new();
+        if all {
+            for task in self.tasks.values().filter(|t| t.controls.batch == Some(id)) {
+                *by_status
+                    .entry(task.status.as_str().to_string())
+                    .or_default() += 1;
+            }
+        }
+        let running = self
+            .workers
+            .values()
+            .flat_map(|w| w.in_flight.iter())
+            .filter(|t| {
+                self.tasks.get(t).is_some_and(|t| {
+                    t.status == TaskStatus::Running && t.controls.batch == Some(id)
+                })
+            })
+            .count() as u64;
+        (by_status, running)
+    }
+
     /// Cancels those of `ids` that are queued or running (running ones are
     /// interrupted on their workers). Each task leaves its queue by its key,
     /// so the cost is the number of tasks cancelled.

@@ -1,7 +1,7 @@
 //! Many tasks per request: batch status, list pages, bulk cancel.
 
 use wire::TaskId;
-use wire::planner::{CancelReport, TaskView};
+use wire::planner::{BatchView, CancelReport, TaskView};
 
 use super::Planner;
 use crate::board::{Effects, TaskFilter};
@@ -36,6 +36,42 @@ impl Planner {
             }
         }
         Ok(views)
+    }
+
+    /// Batch `id` counted by status: from the store (which has all its
+    /// tasks, a running one as queued) with the running ones this planner
+    /// knows of; from the board alone with a memory store. `None` if no
+    /// task of it is kept.
+    pub async fn batch(&self, id: TaskId) -> Result<Option<BatchView>, StoreError> {
+        let stored = self.store.batch_counts(id).await?;
+        let (on_board, running) = self.board().batch_counts(id, stored.is_none());
+        let mut by_status = match stored {
+            Some(mut stored) => {
+                if let Some(queued) = stored.get_mut("queued") {
+                    let moved = running.min(*queued);
+                    *queued -= moved;
+                    if moved > 0 {
+                        stored.insert("running".into(), moved);
+                    }
+                }
+                stored
+            }
+            None => on_board,
+        };
+        by_status.retain(|_, n| *n > 0);
+        let total: u64 = by_status.values().sum();
+        if total == 0 {
+            return Ok(None);
+        }
+        let finished = by_status
+            .keys()
+            .all(|s| wire::planner::TaskStatus::parse(s).is_some_and(|s| s.is_final()));
+        Ok(Some(BatchView {
+            id,
+            total,
+            by_status,
+            finished,
+        }))
     }
 
     /// A page of the task list, newest first. With a shared store, from

@@ -46,6 +46,8 @@ pub struct Submitted {
     /// The idempotency key had been used by this same submission: these
     /// are the first one's tasks; nothing new was queued.
     pub replayed: bool,
+    /// The batch's id, for a submission of an array.
+    pub batch: Option<TaskId>,
 }
 
 impl Planner {
@@ -56,7 +58,7 @@ impl Planner {
         new: Vec<NewTask>,
         wait: bool,
     ) -> Result<(Vec<TaskId>, Vec<oneshot::Receiver<TaskView>>), SubmitError> {
-        let submitted = self.submit_keyed(new, wait, None).await?;
+        let submitted = self.submit_keyed(new, wait, None, false).await?;
         Ok((submitted.ids, submitted.receivers))
     }
 
@@ -68,6 +70,7 @@ impl Planner {
         new: Vec<NewTask>,
         wait: bool,
         key: Option<Idempotency>,
+        as_batch: bool,
     ) -> Result<Submitted, SubmitError> {
         if new.is_empty() {
             return Err(SubmitError::Invalid("no tasks in the submission".into()));
@@ -75,7 +78,7 @@ impl Planner {
         if let Some(key) = &key
             && let Some(replay) = self.store.idempotent(&key.key).await?
         {
-            return self.replay(replay, key, wait).await;
+            return self.replay(replay, key, wait, as_batch).await;
         }
         self.validate(&new)?;
         let mut queued = self
@@ -93,11 +96,13 @@ impl Planner {
         }
         let ids = self.store.new_ids(new.len()).await?;
         let now = serve::now_ms();
+        let batch = as_batch.then(|| ids.first().copied()).flatten();
         let tasks: Vec<Task> = new
             .into_iter()
             .zip(ids)
             .map(|(t, id)| {
-                let controls = self.controls_of(&t, now);
+                let mut controls = self.controls_of(&t, now);
+                controls.batch = batch;
                 Task::new(id, t.op.into(), t.args.into(), now).with_controls(controls)
             })
             .collect();
@@ -126,7 +131,7 @@ impl Planner {
                 .idempotent(&key.key)
                 .await?
                 .ok_or_else(|| SubmitError::Invalid("the idempotency key vanished".into()))?;
-            return self.replay(replay, key, wait).await;
+            return self.replay(replay, key, wait, as_batch).await;
         }
         let queued: Vec<TaskView> = if self.events.active() {
             tasks.iter().map(|t| t.view(None)).collect()
@@ -150,6 +155,7 @@ impl Planner {
             ids,
             receivers,
             replayed: false,
+            batch,
         })
     }
 
@@ -160,6 +166,7 @@ impl Planner {
         replay: Insertion,
         key: &Idempotency,
         wait: bool,
+        as_batch: bool,
     ) -> Result<Submitted, SubmitError> {
         let Insertion::Replay { ids, request } = replay else {
             return Err(SubmitError::Invalid("not a replay".into()));
@@ -173,6 +180,7 @@ impl Planner {
             Vec::new()
         };
         Ok(Submitted {
+            batch: as_batch.then(|| ids.first().copied()).flatten(),
             ids,
             receivers,
             replayed: true,
@@ -216,6 +224,7 @@ impl Planner {
                 .min(wire::controls::MAX_RETRIES.into()) as u32,
             timeout_ms: task.timeout_ms,
             deadline_ms: timeout.map(|t| now_ms.saturating_add(t)),
+            batch: None,
         }
     }
 

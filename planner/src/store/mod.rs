@@ -331,6 +331,23 @@ impl Store {
         Insertion::Inserted
     }
 
+    /// A batch's tasks counted by stored status, after everything sent to
+    /// the store is in (`None` for a memory store: the board has them).
+    pub async fn batch_counts(
+        &self,
+        batch: TaskId,
+    ) -> Result<Option<std::collections::BTreeMap<String, u64>>, StoreError> {
+        if let Some(pg) = &self.postgres {
+            return Ok(Some(pg.batch_counts(batch).await?));
+        }
+        let Some(reader) = &self.reader else {
+            return Ok(None);
+        };
+        self.flush().await;
+        let conn = reader.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(Some(sqlite::batch_counts(&conn, batch)?))
+    }
+
     /// The ids and request digest stored under an idempotency key, if any.
     pub async fn idempotent(&self, key: &str) -> Result<Option<Insertion>, StoreError> {
         if let Some(pg) = &self.postgres {

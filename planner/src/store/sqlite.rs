@@ -66,7 +66,8 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
             created_at_ms INTEGER NOT NULL
         );
         CREATE INDEX IF NOT EXISTS idempotency_created ON idempotency(created_at_ms);
-        CREATE INDEX IF NOT EXISTS idempotency_first_id ON idempotency(first_id);",
+        CREATE INDEX IF NOT EXISTS idempotency_first_id ON idempotency(first_id);
+        CREATE INDEX IF NOT EXISTS tasks_batch ON tasks(batch) WHERE batch IS NOT NULL;",
     )?;
     Ok(conn)
 }
@@ -80,6 +81,7 @@ const CONTROL_COLUMNS: &[(&str, &str)] = &[
     ("timeout_ms", "INTEGER"),
     ("deadline_ms", "INTEGER"),
     ("attempt_errors", "TEXT"),
+    ("batch", "INTEGER"),
 ];
 
 fn add_control_columns(conn: &Connection) -> rusqlite::Result<()> {
@@ -188,8 +190,8 @@ fn apply_in_transaction(
     let tx = conn.transaction()?;
     {
         let mut insert = tx.prepare_cached(
-            "INSERT INTO tasks (id, op, args, status, attempts, submitted_at_ms, priority, retries, timeout_ms, deadline_ms)
-             VALUES (?1, ?2, ?3, 'queued', 0, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO tasks (id, op, args, status, attempts, submitted_at_ms, priority, retries, timeout_ms, deadline_ms, batch)
+             VALUES (?1, ?2, ?3, 'queued', 0, ?4, ?5, ?6, ?7, ?8, ?9)",
         )?;
         let mut claim_key = tx.prepare_cached(
             "INSERT OR IGNORE INTO idempotency (key, request, ids, first_id, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -235,6 +237,7 @@ fn apply_in_transaction(
                             t.controls.retries,
                             t.controls.timeout_ms.map(|v| v as i64),
                             t.controls.deadline_ms.map(|v| v as i64),
+                            t.controls.batch.map(|v| v as i64),
                         ])?;
                     }
                     if let Some(last) = tasks.iter().map(|t| t.id).max() {
@@ -281,6 +284,21 @@ fn apply_in_transaction(
     }
     tx.commit()?;
     Ok(applied)
+}
+
+/// A batch's tasks in the store, counted by stored status.
+pub fn batch_counts(
+    conn: &Connection,
+    batch: u64,
+) -> rusqlite::Result<std::collections::BTreeMap<String, u64>> {
+    let mut query = conn.prepare_cached(
+        "SELECT status, count(*) FROM tasks INDEXED BY tasks_batch WHERE batch = ?1 GROUP BY status",
+    )?;
+    query
+        .query_map([batch as i64], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)? as u64))
+        })?
+        .collect()
 }
 
 /// The submission an idempotency key (its digest) first came with.
@@ -372,7 +390,7 @@ fn expire(
 /// Idempotency keys deleted per expiry step, per finished task deleted.
 const KEYS_PER_TASK_CHUNK: u64 = 8;
 
-const COLUMNS: &str = "id, op, args, status, result, error, worker, digest, attempts, submitted_at_ms, started_at_ms, finished_at_ms, priority, retries, retried, timeout_ms, deadline_ms, attempt_errors";
+const COLUMNS: &str = "id, op, args, status, result, error, worker, digest, attempts, submitted_at_ms, started_at_ms, finished_at_ms, priority, retries, retried, timeout_ms, deadline_ms, attempt_errors, batch";
 
 pub fn recover(conn: &Connection, recent_finished: usize) -> rusqlite::Result<Recovered> {
     let counted: Option<i64> = conn
@@ -462,6 +480,7 @@ fn row_to_task(row: &rusqlite::Row<'_>) -> rusqlite::Result<Task> {
             retries: row.get(13)?,
             timeout_ms: row.get::<_, Option<i64>>(15)?.map(|v| v as u64),
             deadline_ms: row.get::<_, Option<i64>>(16)?.map(|v| v as u64),
+            batch: row.get::<_, Option<i64>>(18)?.map(|v| v as u64),
         }),
         retried: row.get(14)?,
         attempt_errors: super::errors_from_json(errors.as_deref()),
@@ -580,6 +599,7 @@ mod tests {
             retries: 2,
             timeout_ms: Some(500),
             deadline_ms: Some(530),
+            batch: Some(3),
         });
         let key = crate::store::Idempotency {
             key: "k".into(),

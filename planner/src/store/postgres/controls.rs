@@ -29,6 +29,24 @@ impl PgStore {
         }))
     }
 
+    /// A batch's tasks counted by stored status (a claimed task counts as
+    /// queued until it finishes).
+    pub async fn batch_counts(
+        &self,
+        batch: u64,
+    ) -> Result<std::collections::BTreeMap<String, u64>, PgError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT status, count(*) FROM tasks WHERE batch = $1 GROUP BY status",
+                &[&(batch as i64)],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get::<_, i64>(1)? as u64)))
+            .collect()
+    }
+
     /// Expires the unclaimed queued tasks whose deadline is at or before
     /// `now_ms`; returns them.
     pub async fn expire_unclaimed(&self, now_ms: u64) -> Result<Vec<Task>, PgError> {

@@ -23,6 +23,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "task controls",
         include_str!("../../../migrations/0004_task_controls.sql"),
     ),
+    (
+        5,
+        "batches",
+        include_str!("../../../migrations/0005_batches.sql"),
+    ),
 ];
 
 /// The advisory lock key serialising migrations ("planner" in ASCII).

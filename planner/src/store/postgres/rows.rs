@@ -7,7 +7,7 @@ use wire::planner::TaskStatus;
 use crate::task::{Controls, Task};
 
 /// The columns [`to_task`] reads, in its order.
-pub const COLUMNS: &str = "id, op, args::text, status, result, error, worker, digest, attempts, submitted_at_ms, started_at_ms, finished_at_ms, priority, retries, retried, timeout_ms, deadline_ms, attempt_errors::text";
+pub const COLUMNS: &str = "id, op, args::text, status, result, error, worker, digest, attempts, submitted_at_ms, started_at_ms, finished_at_ms, priority, retries, retried, timeout_ms, deadline_ms, attempt_errors::text, batch";
 
 /// The statuses a task is unfinished in, as SQL.
 pub const UNFINISHED: &str = "('queued', 'running')";
@@ -53,6 +53,7 @@ pub fn to_task_at(row: &Row, at: usize) -> Result<Task, tokio_postgres::Error> {
             retries: row.try_get::<_, i32>(at + 13)?.max(0) as u32,
             timeout_ms: row.try_get::<_, Option<i64>>(at + 15)?.map(|v| v as u64),
             deadline_ms: row.try_get::<_, Option<i64>>(at + 16)?.map(|v| v as u64),
+            batch: row.try_get::<_, Option<i64>>(at + 18)?.map(|v| v as u64),
         }),
         retried: row.try_get::<_, i32>(at + 14)?.max(0) as u32,
         attempt_errors: crate::store::errors_from_json(row.try_get::<_, Option<&str>>(at + 17)?),

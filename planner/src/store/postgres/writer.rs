@@ -174,10 +174,10 @@ async fn apply(
     }
     if !insert.ids.is_empty() {
         tx.execute(
-            "INSERT INTO tasks (id, op, args, status, attempts, submitted_at_ms, priority, retries, timeout_ms, deadline_ms)
-             SELECT id, op, args::jsonb, 'queued', 0, submitted_at_ms, priority, retries, timeout_ms, deadline_ms
-             FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::smallint[], $6::int[], $7::bigint[], $8::bigint[])
-                  AS t(id, op, args, submitted_at_ms, priority, retries, timeout_ms, deadline_ms)",
+            "INSERT INTO tasks (id, op, args, status, attempts, submitted_at_ms, priority, retries, timeout_ms, deadline_ms, batch)
+             SELECT id, op, args::jsonb, 'queued', 0, submitted_at_ms, priority, retries, timeout_ms, deadline_ms, batch
+             FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::smallint[], $6::int[], $7::bigint[], $8::bigint[], $9::bigint[])
+                  AS t(id, op, args, submitted_at_ms, priority, retries, timeout_ms, deadline_ms, batch)",
             &[
                 &insert.ids,
                 &insert.ops,
@@ -187,6 +187,7 @@ async fn apply(
                 &insert.retries,
                 &insert.timeout,
                 &insert.deadline,
+                &insert.batch,
             ],
         )
         .await?;
@@ -260,6 +261,7 @@ struct Inserts {
     retries: Vec<i32>,
     timeout: Vec<Option<i64>>,
     deadline: Vec<Option<i64>>,
+    batch: Vec<Option<i64>>,
 }
 
 impl Inserts {
@@ -273,6 +275,7 @@ impl Inserts {
         self.retries.push(t.controls.retries as i32);
         self.timeout.push(t.controls.timeout_ms.map(|v| v as i64));
         self.deadline.push(t.controls.deadline_ms.map(|v| v as i64));
+        self.batch.push(t.controls.batch.map(|v| v as i64));
     }
 }
 
