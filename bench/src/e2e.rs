@@ -267,7 +267,10 @@ async fn throughput(
 }
 
 fn finished(stats: &Stats) -> u64 {
-    count(stats, "done") + count(stats, "failed") + count(stats, "cancelled")
+    count(stats, "done")
+        + count(stats, "failed")
+        + count(stats, "cancelled")
+        + count(stats, "expired")
 }
 
 /// Checks results against native arithmetic.

@@ -295,7 +295,7 @@ async fn watch_progress(
             .await
             .context("reading /stats")?;
         let count = |s: &str| stats.by_status.get(s).copied().unwrap_or(0);
-        let finished = count("done") + count("failed") + count("cancelled");
+        let finished = count("done") + count("failed") + count("cancelled") + count("expired");
         bar.set_position(finished);
         let workers: u64 = stats.workers_by_flavor.values().sum();
         bar.set_message(format!(
