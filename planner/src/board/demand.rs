@@ -12,32 +12,40 @@ use super::{Board, Finished};
 use crate::store::postgres::Demand;
 
 impl Board {
-    /// Per op, the free slots of live workers that offer it, less the tasks
-    /// of that op already queued here; overall, the free slots less every
-    /// task queued here.
-    pub fn demand(&self, now: Instant) -> Demand {
+    /// Per op, what the live workers that offer it can take (their free
+    /// slots, plus `ahead` tasks per slot held here in advance), less the
+    /// tasks of that op already queued here; overall, the same across ops.
+    /// Holding tasks ahead means a slot that frees finds its next task on
+    /// the board instead of waiting for a claim round trip, and claims come
+    /// in batches rather than one per freed slot.
+    pub fn demand(&self, now: Instant, ahead: u32) -> Demand {
         let mut per_op: BTreeMap<&str, i64> = BTreeMap::new();
-        let mut total: i64 = 0;
+        let mut target: i64 = 0;
         for worker in self.workers.values() {
-            let free = i64::from(worker.free_slots(now));
-            if free == 0 {
+            let cooling = worker.cooldown_until.is_some_and(|until| until > now);
+            if worker.leaving || cooling {
                 continue;
             }
-            total += free;
+            let stock = i64::from(worker.free_slots(now)) + i64::from(ahead * worker.slots);
+            if stock == 0 {
+                continue;
+            }
+            target += stock;
             for op in worker.offered() {
-                *per_op.entry(op).or_default() += free;
+                *per_op.entry(op).or_default() += stock;
             }
         }
         // Tasks waiting out a retry's backoff are not waiting for a slot.
-        total -= self.queued.saturating_sub(self.delayed.len()) as i64;
+        let waiting_here = self.queued.saturating_sub(self.delayed.len()) as i64;
         let mut demand = Demand {
             ops: Vec::new(),
             per_op: Vec::new(),
-            total: total.max(0),
+            total: (target - waiting_here).max(0),
+            target,
         };
-        for (op, free) in per_op {
+        for (op, stock) in per_op {
             let waiting = self.queues.get(op).map_or(0, |q| q.len() as i64);
-            let wanted = (free - waiting).min(demand.total);
+            let wanted = (stock - waiting).min(demand.total);
             if wanted > 0 {
                 demand.ops.push(op.to_string());
                 demand.per_op.push(wanted);

@@ -23,6 +23,9 @@ use crate::task::Task;
 /// How often each loop looks without being woken.
 const CLAIM_POLL: Duration = Duration::from_millis(200);
 const RESULT_POLL: Duration = Duration::from_millis(250);
+/// Tasks per worker slot claimed ahead of the free slots (see
+/// [`crate::board::Board::demand`]).
+const CLAIM_AHEAD: u32 = 1;
 /// Least time between two recounts of a full queue.
 const RECOUNT_SPACING: Duration = Duration::from_millis(250);
 /// Most ids asked about in one query by the result watcher.
@@ -176,8 +179,11 @@ impl Planner {
             return;
         };
         loop {
-            let demand = self.board().demand(Instant::now());
-            if demand.total == 0 {
+            let demand = self.board().demand(Instant::now(), CLAIM_AHEAD);
+            // A claim is a committed write: wait until it can take a batch,
+            // unless the board is about to run dry.
+            let held = demand.target - demand.total;
+            if demand.total == 0 || (held > 0 && demand.total * 2 < demand.target) {
                 return;
             }
             let tasks = match pg.claim(&demand).await {
