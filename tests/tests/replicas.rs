@@ -24,6 +24,8 @@ struct Replicas {
     planners: Vec<Service>,
     workers: Vec<Service>,
     client: reqwest::Client,
+    /// Added to every planner started from now on.
+    planner_env: Vec<(&'static str, &'static str)>,
 }
 
 impl Replicas {
@@ -36,6 +38,7 @@ impl Replicas {
             planners: Vec::new(),
             workers: Vec::new(),
             client: reqwest::Client::new(),
+            planner_env: Vec::new(),
         };
         for _ in 0..n {
             system.add_planner().await?;
@@ -55,6 +58,9 @@ impl Replicas {
             .env("DATA_DIR", self.dir.path().join(format!("p{i}-data")))
             .env("REPLICA_LEASE_MS", "1000")
             .env("HEARTBEAT_TIMEOUT_MS", "1000");
+        for (key, value) in &self.planner_env {
+            cmd.env(key, value);
+        }
         let log = self.dir.path().join(format!("p{i}.log"));
         let planner = Service::start(&format!("p{i}"), cmd, &log).await?;
         let url = planner.url();
@@ -571,5 +577,52 @@ async fn every_replica_shows_the_whole_fleet_and_a_module_put_to_one_reaches_eve
         (worker_digest(&wc, "mul").await? == v2_digest).then_some(())
     })
     .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_task_whose_op_no_replica_offers_fails_in_time_and_one_offered_elsewhere_runs()
+-> Result<()> {
+    let mut system = Replicas::start(0).await?;
+    system.planner_env = vec![("UNOFFERED_OP_TIMEOUT_MS", "500")];
+    let a = system.add_planner().await?;
+    let b = system.add_planner().await?;
+    // Only B's worker offers mul; nobody offers mull.
+    system.add_worker("wb", &b, &[("OPS", "mul")]).await?;
+    poll(
+        Duration::from_secs(20),
+        "A seeing B's mul worker",
+        || async {
+            let workers: Vec<WorkerView> = get_json(&format!("{a}/workers")).await?;
+            (workers.len() == 1).then_some(())
+        },
+    )
+    .await?;
+    let typo = system
+        .submit(&a, &json!({"op": "mull", "args": [6, 7]}))
+        .await?;
+    let elsewhere = system
+        .submit(&a, &json!({"op": "mul", "args": [32, 32]}))
+        .await?;
+    let failed = poll(Duration::from_secs(30), "the mull task failed", || async {
+        let view = system.task(&b, typo[0]).await.ok()?;
+        (view.status == TaskStatus::Failed).then_some(view)
+    })
+    .await?;
+    assert!(
+        failed
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("no worker offered op `mull`")),
+        "{failed:?}"
+    );
+    // Submitted to A, which has no worker: B claims and runs it.
+    let ran = poll(Duration::from_secs(30), "the mul task done", || async {
+        let view = system.task(&a, elsewhere[0]).await.ok()?;
+        view.status.is_final().then_some(view)
+    })
+    .await?;
+    assert_eq!(ran.status, TaskStatus::Done, "{ran:?}");
+    assert_eq!(ran.result, Some(1024));
     Ok(())
 }

@@ -263,12 +263,6 @@ async fn health_and_readiness_answer() -> anyhow::Result<()> {
 #[tokio::test]
 async fn a_task_for_an_op_no_worker_offers_fails_after_the_unoffered_timeout() -> anyhow::Result<()>
 {
-    if e2e::e2e_store_is_postgres() {
-        // With a shared store, tasks nobody has claimed are in the database,
-        // not on a board: their expiry is not built yet (issue 12 note).
-        println!("skipped on PostgreSQL: unclaimed tasks do not expire there yet");
-        return Ok(());
-    }
     let mut system = System::start(&[("UNOFFERED_OP_TIMEOUT_MS", "300")]).await?;
     system.add_worker("adder", &[("OPS", "add")]).await?;
     system.wait_for_workers(1).await?;

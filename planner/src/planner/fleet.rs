@@ -39,6 +39,8 @@ const COUNTS_REUSE: u32 = 10;
 /// finishing; the look-back covers a slow commit or a clock a little off).
 const EVENTS_POLL: Duration = Duration::from_millis(250);
 const EVENTS_LOOKBACK_MS: u64 = 5_000;
+/// Most tasks of unoffered ops failed per janitor round.
+const EXPIRE_BATCH: usize = 10_000;
 /// Most finished tasks read per look.
 const EVENTS_BATCH: usize = 5_000;
 
@@ -317,6 +319,57 @@ impl Planner {
             }
         }
         workers
+    }
+
+    /// The ops some live worker of the fleet offers.
+    fn fleet_offered(&self) -> Vec<String> {
+        let mut ops: BTreeSet<String> = self
+            .board()
+            .workers()
+            .into_iter()
+            .filter_map(|w| w.ops)
+            .flatten()
+            .map(|o| o.name)
+            .collect();
+        if let Some((fleet, _)) = self.fleet_parts() {
+            ops.extend(
+                fleet
+                    .others()
+                    .into_iter()
+                    .filter_map(|w| w.ops)
+                    .flatten()
+                    .map(|o| o.name),
+            );
+        }
+        ops.into_iter().collect()
+    }
+
+    /// The janitor's share of `UNOFFERED_OP_TIMEOUT_MS`: queued tasks in the
+    /// database that no replica claims because no worker anywhere offers
+    /// their op fail once they waited the limit, counted from their
+    /// submission or this replica's start, the later (workers get time to
+    /// come back after a restart). Each replica fails its own board's.
+    pub(super) async fn expire_unoffered_shared(&self, started_ms: u64) {
+        let (Some(limit), Some(pg)) = (self.limits.unoffered_op, self.store.shared()) else {
+            return;
+        };
+        let limit_ms = limit.as_millis() as u64;
+        let now = serve::now_ms();
+        if now.saturating_sub(started_ms) < limit_ms {
+            return;
+        }
+        let offered = self.fleet_offered();
+        match pg
+            .expire_unoffered(&offered, now - limit_ms, limit_ms, EXPIRE_BATCH)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                tasks = n,
+                "failed queued tasks whose op no worker of any replica offered in time"
+            ),
+            Err(err) => tracing::warn!(error = %err, "expiring tasks of unoffered ops failed"),
+        }
     }
 
     /// Op → worker id → digest, for the whole fleet.

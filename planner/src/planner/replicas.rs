@@ -26,6 +26,8 @@ const RESULT_POLL: Duration = Duration::from_millis(250);
 /// Tasks per worker slot claimed ahead of the free slots (see
 /// [`crate::board::Board::demand`]).
 const CLAIM_AHEAD: u32 = 1;
+/// How often the janitor looks for queued tasks of ops nobody offers.
+const EXPIRY_EVERY: Duration = Duration::from_secs(5);
 /// Least time between two recounts of a full queue.
 const RECOUNT_SPACING: Duration = Duration::from_millis(250);
 /// Most ids asked about in one query by the result watcher.
@@ -245,6 +247,8 @@ impl Planner {
         let mut ticker = tokio::time::interval(replica.lease / 4);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_renewed = Instant::now();
+        let started_ms = serve::now_ms();
+        let mut last_expiry = Instant::now();
         loop {
             ticker.tick().await;
             match pg.renew(replica.advertise.as_deref(), replica.lease).await {
@@ -281,8 +285,20 @@ impl Planner {
                 }
             }
             match pg.janitor(replica.lease).await {
-                Ok(Some(requeued)) if requeued > 0 => replica.wake.queued.notify_one(),
-                Ok(_) => {}
+                Ok(Some(requeued)) => {
+                    if requeued > 0 {
+                        replica.wake.queued.notify_one();
+                    }
+                    let every = self
+                        .limits
+                        .unoffered_op
+                        .map_or(EXPIRY_EVERY, |limit| limit.min(EXPIRY_EVERY));
+                    if last_expiry.elapsed() >= every {
+                        last_expiry = Instant::now();
+                        self.expire_unoffered_shared(started_ms).await;
+                    }
+                }
+                Ok(None) => {}
                 Err(err) => tracing::warn!(error = %err, "janitor round failed"),
             }
             // Submissions acknowledged while the count runs may or may not be

@@ -144,6 +144,48 @@ impl PgStore {
         Ok(rows::to_tasks(&rows)?)
     }
 
+    /// Fails up to `batch` queued, unclaimed tasks whose op is not in
+    /// `offered`, submitted before `cutoff_ms`, unless their own timeout is
+    /// longer than `limit_ms` (they asked to wait longer: their deadline
+    /// ends them). The janitor's duty: run by the lease holder only.
+    pub async fn expire_unoffered(
+        &self,
+        offered: &[String],
+        cutoff_ms: u64,
+        limit_ms: u64,
+        batch: usize,
+    ) -> Result<u64, PgError> {
+        let client = self.pool.get().await?;
+        let seconds = format!("{}", limit_ms as f64 / 1000.0);
+        let failed = client
+            .execute(
+                "UPDATE tasks SET status = 'failed', result = NULL,
+                     error = 'no worker offered op `' || op || '` within ' || $4 || ' s (UNOFFERED_OP_TIMEOUT_MS)',
+                     finished_at_ms = (extract(epoch FROM clock_timestamp()) * 1000)::bigint
+                 WHERE id IN (
+                     SELECT id FROM tasks
+                     WHERE status = 'queued' AND owner IS NULL AND submitted_at_ms < $2
+                       AND NOT (op = ANY($1))
+                       AND (timeout_ms IS NULL OR timeout_ms <= $3)
+                     LIMIT $5 FOR UPDATE SKIP LOCKED)
+                   AND status = 'queued' AND owner IS NULL",
+                &[
+                    &offered,
+                    &(cutoff_ms as i64),
+                    &(limit_ms as i64),
+                    &seconds,
+                    &(batch as i64),
+                ],
+            )
+            .await?;
+        if failed > 0 {
+            client
+                .execute("SELECT pg_notify('tasks_finished', '')", &[])
+                .await?;
+        }
+        Ok(failed)
+    }
+
     /// Tasks in the store by op and status, across every replica.
     pub async fn status_counts(&self) -> Result<Vec<(String, String, u64)>, PgError> {
         let client = self.pool.get().await?;
