@@ -6,7 +6,7 @@ use std::time::Instant;
 use wire::TaskId;
 use wire::planner::TaskStatus;
 
-use super::{Board, QueueKey, Worker};
+use super::{Board, QueueKey};
 use crate::task::DispatchId;
 
 /// A task handed to a worker: what the dispatcher sends, and the key its
@@ -28,9 +28,14 @@ impl Board {
     /// Highest priority first, then oldest, across ops; for each, the most specialized
     /// free worker that offers the op (fewest ops, then most free slots), so
     /// specialists take their op and generalists stay free for the rest.
+    ///
+    /// The choice reads the per-op index of free workers (see [`super::roster`]),
+    /// so its cost does not grow with workers that don't offer the op.
     pub fn pump(&mut self, now: Instant) -> Vec<Assignment> {
         let mut assignments = Vec::new();
         loop {
+            // Re-ranks the worker the last assignment took a slot of.
+            self.workers.wake(now);
             // Heads compare by priority, then age (see `QueueKey`).
             let mut best: Option<(QueueKey, TaskId, Arc<str>, Arc<str>)> = None;
             for (op, queue) in &self.queues {
@@ -40,7 +45,7 @@ impl Board {
                 if best.as_ref().is_some_and(|(first, ..)| *first < key) {
                     continue;
                 }
-                if let Some(worker) = best_worker(self.workers.values(), op, now) {
+                if let Some(worker) = self.workers.best(op) {
                     best = Some((key, head, op.clone(), worker.id.clone()));
                 }
             }
@@ -84,17 +89,4 @@ impl Board {
         self.count(&op, TaskStatus::Running, 1);
         Some(assignment)
     }
-}
-
-fn best_worker<'a>(
-    workers: impl Iterator<Item = &'a Worker>,
-    op: &str,
-    now: Instant,
-) -> Option<&'a Worker> {
-    workers
-        .filter(|w| w.offers(op))
-        .map(|w| (w, w.free_slots(now)))
-        .filter(|(_, free)| *free > 0)
-        .min_by(|(a, a_free), (b, b_free)| a.breadth().cmp(&b.breadth()).then(b_free.cmp(a_free)))
-        .map(|(w, _)| w)
 }

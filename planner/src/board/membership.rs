@@ -47,33 +47,30 @@ impl Board {
             .map(|info| (info.name.clone(), info))
             .collect();
         let id: Arc<str> = registration.id.into();
-        match self.workers.get_mut(&id) {
-            Some(worker) => {
-                worker.url = registration.url.into();
-                worker.ops = Some(ops);
-                worker.slots = registration.slots;
-                worker.leaving = false;
-                worker.cooldown_until = None;
-                worker.touch();
-            }
-            None => {
-                let worker = Worker::new(
-                    id.clone(),
-                    registration.url.into(),
-                    Some(ops),
-                    registration.slots,
-                );
-                self.workers.insert(id, worker);
-            }
+        if let Some(worker) = self.workers.get_mut(&id) {
+            worker.url = registration.url.into();
+            worker.ops = Some(ops);
+            worker.slots = registration.slots;
+            worker.leaving = false;
+            worker.cooldown_until = None;
+            worker.touch();
+            return Ok(());
         }
+        self.workers.insert(Worker::new(
+            id,
+            registration.url.into(),
+            Some(ops),
+            registration.slots,
+        ));
         Ok(())
     }
 
     /// The exercise's `POST /register`: ops unknown, one slot.
     pub fn register_legacy(&mut self, id: String, url: String) {
-        let id: Arc<str> = id.into();
-        let worker = Worker::new(id.clone(), url.into(), None, 1);
-        self.workers.entry(id).or_insert(worker);
+        if !self.workers.contains_key(&id) {
+            self.workers
+                .insert(Worker::new(id.into(), url.into(), None, 1));
+        }
     }
 
     /// Records a sign of life; false if the worker is unknown (it must
@@ -97,7 +94,8 @@ impl Board {
             return false;
         };
         worker.leaving = true;
-        if worker.in_flight.is_empty() {
+        let idle = worker.in_flight.is_empty();
+        if idle {
             self.workers.remove(id);
         }
         true

@@ -16,6 +16,7 @@ mod demand;
 mod matching;
 mod membership;
 mod queue;
+mod roster;
 mod tasks;
 mod throughput;
 mod worker;
@@ -36,6 +37,7 @@ pub use tasks::CancelError;
 pub use worker::Worker;
 
 use crate::task::{DispatchId, Task};
+use roster::Roster;
 use throughput::Throughput;
 
 /// How a worker answered a dispatch.
@@ -80,7 +82,7 @@ pub struct Effects {
 pub struct Board {
     tasks: HashMap<TaskId, Task>,
     queues: BTreeMap<Arc<str>, OpQueue>,
-    workers: BTreeMap<Arc<str>, Worker>,
+    workers: Roster,
     next_dispatch: DispatchId,
     /// Finished tasks in the order they finished, oldest first, so memory
     /// keeps only the most recent `retain_finished` (the store keeps all).
@@ -109,7 +111,7 @@ impl Board {
         Self {
             tasks: HashMap::new(),
             queues: BTreeMap::new(),
-            workers: BTreeMap::new(),
+            workers: Roster::default(),
             next_dispatch: 1,
             finished_order: VecDeque::new(),
             retain_finished,
@@ -216,9 +218,7 @@ impl Board {
                 .entry(status.as_str().into())
                 .or_default() += n;
         }
-        for worker in self.workers.values() {
-            *stats.workers_by_flavor.entry(worker.flavor()).or_default() += 1;
-        }
+        stats.workers_by_flavor = self.workers.flavors();
         stats.throughput_per_s = self.throughput.per_second(Instant::now());
         stats
     }

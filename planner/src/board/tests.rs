@@ -364,3 +364,159 @@ fn a_live_workers_id_cannot_be_taken_from_another_address() {
     assert!(board.register(hijack, later, timeout).is_ok());
     assert_eq!(board.workers()[0].url, "http://attacker:8080");
 }
+
+/// The rule the per-op index must keep, as the full scan it replaced: the
+/// worker offering `op` with free slots that offers the fewest ops, then has
+/// the most free slots, then the lowest id.
+fn reference_best<'a>(board: &'a Board, op: &str, now: Instant) -> Option<&'a str> {
+    board
+        .workers
+        .values()
+        .filter(|w| w.offers(op))
+        .map(|w| (w, w.free_slots(now)))
+        .filter(|(_, free)| *free > 0)
+        .min_by(|(a, a_free), (b, b_free)| a.breadth().cmp(&b.breadth()).then(b_free.cmp(a_free)))
+        .map(|(w, _)| &*w.id)
+}
+
+/// xorshift64*: reproducible boards without a seeded-RNG dependency.
+struct Dice(u64);
+
+impl Dice {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+    }
+}
+
+#[test]
+fn the_indexed_choice_matches_the_full_scan_on_random_boards() {
+    const OPS: [&str; 5] = ["add", "mul", "a", "b", "c"];
+    for seed in 1..=40u64 {
+        let mut dice = Dice(seed * 0x9E37_79B9_7F4A_7C15);
+        let mut board = Board::new(3, 50);
+        let start = Instant::now();
+        let mut now = start;
+        let mut sent: Vec<Assignment> = Vec::new();
+        let mut next_task = 1;
+        for step in 0..400 {
+            let id = format!("w{}", dice.below(12));
+            match dice.below(10) {
+                0 => {
+                    let ops: Vec<&str> =
+                        OPS.iter().copied().filter(|_| dice.below(2) == 0).collect();
+                    let slots = dice.below(4) as u32;
+                    let _ = board.register(
+                        Registration {
+                            id: id.clone(),
+                            url: format!("http://{id}"),
+                            ops: ops.iter().map(|o| op(o)).collect(),
+                            slots,
+                        },
+                        now,
+                        Duration::from_secs(3),
+                    );
+                }
+                1 => board.register_legacy(id.clone(), format!("http://{id}")),
+                2 => {
+                    board.deregister(&id);
+                }
+                3 => {
+                    board.heartbeat(&id);
+                }
+                4 | 5 => {
+                    let op = OPS[dice.below(5) as usize];
+                    submit(&mut board, next_task, op);
+                    next_task += 1;
+                    let free: BTreeMap<String, u32> = board
+                        .workers
+                        .values()
+                        .map(|w| (w.id.to_string(), w.free_slots(now)))
+                        .collect();
+                    // Alone in the queue, the new task takes the reference's pick.
+                    let alone = board.queued() == 1;
+                    let expected = reference_best(&board, op, now).map(str::to_string);
+                    let assignments = board.pump(now);
+                    if alone {
+                        let assignment = assignments.first();
+                        assert_eq!(assignment.map(|a| &*a.worker), expected.as_deref());
+                    }
+                    for (id, free) in free {
+                        let taken = assignments.iter().filter(|a| *a.worker == *id).count();
+                        assert!(
+                            taken <= free as usize,
+                            "{id}: {taken} tasks for {free} free slots"
+                        );
+                    }
+                    sent.extend(assignments);
+                }
+                6 | 7 if !sent.is_empty() => {
+                    let assignment = sent.swap_remove(dice.below(sent.len() as u64) as usize);
+                    let answer = match dice.below(7) {
+                        0 => Answer::Busy,
+                        1 => Answer::Draining,
+                        2 => Answer::Lacks,
+                        3 => Answer::Unauthorized,
+                        4 => Answer::Lost("cut".into()),
+                        _ => done(1),
+                    };
+                    board.settle(&assignment, answer);
+                    sent.extend(board.pump(now));
+                }
+                8 => now += Duration::from_millis(dice.below(40)),
+                _ => {
+                    board.reap(now, Duration::from_millis(dice.below(200) + 20));
+                }
+            }
+            board.workers.wake(now);
+            for op in OPS {
+                assert_eq!(
+                    board.workers.best(op).map(|w| &*w.id),
+                    reference_best(&board, op, now),
+                    "seed {seed}, step {step}, op {op}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn ten_thousand_idle_workers_of_other_ops_are_never_reranked_by_dispatch() {
+    let mut board = Board::new(3, 100);
+    for n in 0..10_000 {
+        register(
+            &mut board,
+            &format!("idle-{n:05}"),
+            &["resize", "encode"],
+            4,
+        );
+    }
+    register(&mut board, "adder", &["add"], 4);
+    register(&mut board, "general", &["add", "mul"], 4);
+    board.pump(Instant::now());
+    let before = board.workers.moves();
+    let tasks = 1_000;
+    let mut answered = 0;
+    for id in 1..=tasks {
+        submit(&mut board, id, "add");
+        for assignment in board.pump(Instant::now()) {
+            assert_ne!(
+                &*assignment.worker, "general",
+                "the specialist has a free slot"
+            );
+            board.settle(&assignment, done(3));
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, tasks);
+    // Each dispatch and each answer re-ranks only the adder: the 10,000
+    // others are not touched however many tasks go through.
+    let moved = board.workers.moves() - before;
+    assert!(moved <= 2 * tasks, "{moved} re-rankings for {tasks} tasks");
+    assert_eq!(
+        board.stats().workers_by_flavor.get("encode+resize"),
+        Some(&10_000)
+    );
+}

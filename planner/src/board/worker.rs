@@ -78,14 +78,24 @@ impl Worker {
 
     /// The ops it offers.
     pub fn offered(&self) -> Vec<&str> {
-        match &self.ops {
-            Some(ops) => ops.keys().map(String::as_str).collect(),
-            None => LEGACY_OPS
-                .iter()
-                .copied()
-                .filter(|op| !self.lacks.contains(*op))
-                .collect(),
-        }
+        self.offered_ops().collect()
+    }
+
+    /// The ops it offers, in name order, without allocating (the board
+    /// re-ranks a worker on every change).
+    pub fn offered_ops(&self) -> impl Iterator<Item = &str> {
+        let declared = self
+            .ops
+            .iter()
+            .flat_map(|ops| ops.keys().map(String::as_str));
+        let legacy = self
+            .ops
+            .is_none()
+            .then_some(LEGACY_OPS)
+            .into_iter()
+            .flatten()
+            .filter(|op| !self.lacks.contains(*op));
+        declared.chain(legacy)
     }
 
     /// How many ops it offers: fewer means more specialized.
