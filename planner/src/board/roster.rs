@@ -7,8 +7,10 @@
 //! for re-ranking; the marked workers are re-ranked before the next choice
 //! (only they move), so the indexes cannot drift from the workers.
 
+use std::borrow::Borrow;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -61,12 +63,20 @@ pub struct Roster {
 }
 
 impl Roster {
-    pub fn get(&self, id: &str) -> Option<&Worker> {
+    pub fn get<Q>(&self, id: &Q) -> Option<&Worker>
+    where
+        Arc<str>: Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
         self.workers.get(id)
     }
 
     /// The worker, marked to be re-ranked before the next choice.
-    pub fn get_mut(&mut self, id: &str) -> Option<&mut Worker> {
+    pub fn get_mut<Q>(&mut self, id: &Q) -> Option<&mut Worker>
+    where
+        Arc<str>: Borrow<Q>,
+        Q: Ord + Hash + Eq + ?Sized,
+    {
         let worker = self.workers.get_mut(id)?;
         if !self.changed.contains(id) {
             self.changed.insert(worker.id.clone());
