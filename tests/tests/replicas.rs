@@ -117,6 +117,18 @@ impl Replicas {
         submit(&self.client, planner, tasks).await
     }
 
+    /// Submits one task to `planner` and waits for it (`?wait=true`).
+    async fn run(&self, planner: &str, task: &Value) -> Result<TaskView> {
+        Ok(self
+            .client
+            .post(format!("{planner}/tasks?wait=true"))
+            .json(task)
+            .send()
+            .await?
+            .json()
+            .await?)
+    }
+
     async fn task(&self, planner: &str, id: TaskId) -> Result<TaskView> {
         Ok(self
             .client
@@ -176,13 +188,8 @@ async fn a_task_submitted_to_one_replica_is_run_by_another_and_answered_to_its_w
         (views[0].len() == 1).then_some(())
     })
     .await?;
-    let answer: TaskView = system
-        .client
-        .post(format!("{a}/tasks?wait=true"))
-        .json(&json!({"op": "mul", "args": [6, 7]}))
-        .send()
-        .await?
-        .json()
+    let answer = system
+        .run(&a, &json!({"op": "mul", "args": [6, 7]}))
         .await?;
     assert_eq!(answer.status, TaskStatus::Done, "{answer:?}");
     assert_eq!(answer.result, Some(42));
@@ -557,13 +564,8 @@ async fn every_replica_shows_the_whole_fleet_and_a_module_put_to_one_reaches_eve
         )
         .await?;
     }
-    let answer: TaskView = system
-        .client
-        .post(format!("{a}/tasks?wait=true"))
-        .json(&json!({"op": "mul", "args": [6, 7]}))
-        .send()
-        .await?
-        .json()
+    let answer = system
+        .run(&a, &json!({"op": "mul", "args": [6, 7]}))
         .await?;
     assert_eq!(answer.result, Some(1_000_042), "{answer:?}");
     assert_eq!(answer.digest.as_deref(), Some(v2_digest.as_str()));
