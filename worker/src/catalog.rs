@@ -58,6 +58,11 @@ impl Catalog {
         self.changed.subscribe()
     }
 
+    /// The change counter; bumped after a change is visible to `infos`.
+    pub fn version(&self) -> u64 {
+        *self.changed.borrow()
+    }
+
     /// Compiles, validates and installs `bytes` as op `name`. Blocking (it
     /// compiles): call from a blocking context. On error nothing changes but
     /// the recorded last error.

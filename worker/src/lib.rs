@@ -74,6 +74,7 @@ pub async fn run(config: Config) -> Result<()> {
         executor: executor.clone(),
         heartbeat: Duration::from_millis(config.heartbeat_ms),
         heartbeat_to: std::sync::Mutex::new(None),
+        announced: Default::default(),
     };
     let (deregistered, deregistration) = oneshot::channel();
     let registration = tokio::spawn(registrar.run(drain.clone(), deregistered, stop.clone()));

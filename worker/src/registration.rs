@@ -17,6 +17,7 @@
 //! answers its heartbeats.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
@@ -42,6 +43,10 @@ pub struct Registrar {
     pub heartbeat: Duration,
     /// The replica that registered this worker, when the planner named one.
     pub heartbeat_to: std::sync::Mutex<Option<String>>,
+    /// The catalog version the planner last accepted. A change that lands
+    /// while a registration is in flight, or whose announcement fails, is
+    /// seen as a difference here and announced at the next tick.
+    pub announced: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,15 +125,18 @@ impl Registrar {
         let mut ticker = tokio::time::interval(self.heartbeat);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Also covers a change made between the registration and the
+            // subscription above, which `changed()` would never report.
+            if self.catalog.version() != self.announced.load(Ordering::Acquire) {
+                if let Err(err) = self.register().await {
+                    tracing::warn!(error = %err, "could not announce the new op set; retrying at the next heartbeat");
+                }
+            }
             tokio::select! {
                 biased;
                 () = drain.cancelled() => break,
                 _ = ticker.tick() => self.heartbeat_once(drain).await,
-                Ok(()) = changes.changed() => {
-                    if let Err(err) = self.register().await {
-                        tracing::warn!(error = %err, "could not announce the new op set; the next heartbeat retries");
-                    }
-                }
+                Ok(()) = changes.changed() => {}
             }
         }
     }
@@ -210,6 +218,9 @@ impl Registrar {
     }
 
     async fn register(&self) -> Result<(), RegisterError> {
+        // Read before the op set: a change racing this registration leaves
+        // the recorded version behind and is announced again.
+        let version = self.catalog.version();
         let body = Registration {
             id: self.id.clone(),
             url: self.url.clone(),
@@ -230,6 +241,7 @@ impl Registrar {
                     .filter(|url| is_http_origin(url))
                     .map(|url| url.trim_end_matches('/').to_string());
                 *self.heartbeat_to.lock().unwrap_or_else(|p| p.into_inner()) = replica;
+                self.announced.store(version, Ordering::Release);
                 Ok(())
             }
             status @ (StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED) => {
