@@ -127,10 +127,10 @@ impl Registrar {
         loop {
             // Also covers a change made between the registration and the
             // subscription above, which `changed()` would never report.
-            if self.catalog.version() != self.announced.load(Ordering::Acquire) {
-                if let Err(err) = self.register().await {
-                    tracing::warn!(error = %err, "could not announce the new op set; retrying at the next heartbeat");
-                }
+            if self.catalog.version() != self.announced.load(Ordering::Acquire)
+                && let Err(err) = self.register().await
+            {
+                tracing::warn!(error = %err, "could not announce the new op set; retrying at the next heartbeat");
             }
             tokio::select! {
                 biased;
