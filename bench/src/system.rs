@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use launcher::process::{Service, sibling_binary};
 use tokio::process::Command;
-use wire::planner::{Stats, WorkerView};
+use wire::planner::{Stats, WorkersSummary};
 
 /// An HTTP client like the planner's dispatcher: keep-alive, no Nagle.
 pub fn client() -> Result<reqwest::Client> {
@@ -79,15 +79,18 @@ pub fn count(stats: &Stats, status: &str) -> u64 {
 pub async fn wait_for_workers(client: &reqwest::Client, planner: &str, n: usize) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let response = client.get(format!("{planner}/workers")).send().await?;
-        let workers: Vec<WorkerView> = response.json().await.context("reading /workers")?;
-        if workers.len() >= n {
+        let response = client
+            .get(format!("{planner}/workers/summary?top=0"))
+            .send()
+            .await?;
+        let summary: WorkersSummary = response.json().await.context("reading /workers/summary")?;
+        if summary.workers >= n as u64 {
             return Ok(());
         }
         if Instant::now() > deadline {
             bail!(
                 "only {} of {n} workers registered within 30 s",
-                workers.len()
+                summary.workers
             );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

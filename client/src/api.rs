@@ -182,8 +182,24 @@ impl Api {
             .await
     }
 
+    /// Every worker, page by page (the planner answers at most 10,000 at a time).
     pub async fn workers(&self) -> Result<Vec<WorkerView>, ApiError> {
-        self.json(self.request(Method::GET, "/workers")).await
+        const PAGE: usize = 10_000;
+        let mut workers: Vec<WorkerView> = Vec::new();
+        loop {
+            let mut request = self
+                .request(Method::GET, "/workers")
+                .query(&[("limit", PAGE.to_string())]);
+            if let Some(last) = workers.last() {
+                request = request.query(&[("after", &last.id)]);
+            }
+            let page: Vec<WorkerView> = self.json(request).await?;
+            let full = page.len() == PAGE;
+            workers.extend(page);
+            if !full {
+                return Ok(workers);
+            }
+        }
     }
 
     pub async fn ops(&self) -> Result<Vec<OpRollout>, ApiError> {

@@ -5,7 +5,7 @@ use std::sync::{LazyLock, RwLock};
 use std::time::Duration;
 
 use metrics::{counter, gauge, histogram};
-use wire::planner::{Stats, TaskStatus, WorkerView};
+use wire::planner::{Stats, TaskStatus, WorkersSummary};
 
 use crate::board::Answer;
 use crate::task::Task;
@@ -104,7 +104,7 @@ pub fn rollout(op: &str) {
 }
 
 /// Gauges are computed from the current state when scraped.
-pub fn refresh(stats: &Stats, workers: &[WorkerView]) {
+pub fn refresh(stats: &Stats, workers: &WorkersSummary) {
     let stats = bounded(stats.clone());
     for (op, counts) in &stats.by_op {
         for status in [TaskStatus::Queued, TaskStatus::Running] {
@@ -117,23 +117,16 @@ pub fn refresh(stats: &Stats, workers: &[WorkerView]) {
             gauge!(name, "op" => op.clone()).set(n as f64);
         }
     }
-    let mut by_flavor = std::collections::BTreeMap::<&str, f64>::new();
-    let mut by_op = std::collections::BTreeMap::<&str, f64>::new();
-    let (mut slots, mut busy) = (0.0, 0.0);
-    for worker in workers {
-        *by_flavor.entry(worker.flavor.as_str()).or_default() += 1.0;
-        for op in worker.ops.iter().flatten() {
-            *by_op.entry(op.name.as_str()).or_default() += 1.0;
+    let mut by_op = std::collections::BTreeMap::<&str, u64>::new();
+    for flavor in &workers.flavors {
+        gauge!("planner_workers", "flavor" => flavor.flavor.clone()).set(flavor.workers as f64);
+        for (op, digests) in &flavor.digests {
+            *by_op.entry(op.as_str()).or_default() += digests.values().sum::<u64>();
         }
-        slots += f64::from(worker.slots);
-        busy += f64::from(worker.busy);
-    }
-    for (flavor, n) in by_flavor {
-        gauge!("planner_workers", "flavor" => flavor.to_string()).set(n);
     }
     for (op, n) in by_op {
-        gauge!("planner_workers_offering", "op" => op.to_string()).set(n);
+        gauge!("planner_workers_offering", "op" => op.to_string()).set(n as f64);
     }
-    gauge!("planner_slots").set(slots);
-    gauge!("planner_busy_slots").set(busy);
+    gauge!("planner_slots").set(workers.slots as f64);
+    gauge!("planner_busy_slots").set(workers.busy as f64);
 }

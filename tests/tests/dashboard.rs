@@ -66,6 +66,77 @@ async fn the_dashboard_shows_workers_by_flavor_and_runs_a_task_from_its_form() -
     shot
 }
 
+/// 3,000 workers of one flavor beside a few real ones: the page counts the
+/// large flavor and lists only its first few, and still follows a worker
+/// leaving it.
+#[tokio::test]
+async fn the_dashboard_counts_a_fleet_of_thousands_and_lists_a_few() -> Result<()> {
+    const IDLE: usize = 3_000;
+    let mut system = System::start(&[("HEARTBEAT_TIMEOUT_MS", "600000")]).await?;
+    system.add_worker("general-1", &[]).await?;
+    system.add_worker("mul-1", &[("OPS", "mul")]).await?;
+    e2e::fleet::register_idle(&system, "sq", IDLE).await?;
+    let browser = Browser::start(system.dir.path()).await?;
+    let outcome = async {
+        browser.client.goto(&system.url("/")).await?;
+        let page = wait_for(&browser.client, "the sq card with its count", |s| {
+            s["cards"]["sq"]["count"] == json!(IDLE.to_string())
+        })
+        .await?;
+        let listed = |page: &Value, flavor: &str| -> Vec<String> {
+            page["workers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|w| w["flavor"] == flavor)
+                .filter_map(|w| w["id"].as_str().map(String::from))
+                .collect()
+        };
+        let first: Vec<String> = (0..12).map(|i| format!("sq-{i:05}")).collect();
+        assert_eq!(listed(&page, "sq"), first, "the first twelve by id");
+        assert_eq!(
+            page["cards"]["sq"]["more"],
+            (IDLE - 12).to_string(),
+            "{page}"
+        );
+        assert_eq!(listed(&page, "general"), ["general-1"]);
+        assert_eq!(page["cards"]["general"]["more"], Value::Null, "{page}");
+        assert_eq!(page["totals"]["workers"], "3,002", "{page}");
+        // 3,000 × 4 slots, and one each for the real workers.
+        assert_eq!(page["totals"]["slots"], "0/12,002", "{page}");
+
+        let left = system
+            .client
+            .delete(system.url("/workers/sq-00003"))
+            .send()
+            .await?;
+        ensure!(left.status() == 204, "deregistering: {}", left.status());
+        let page = wait_for(&browser.client, "sq-00003 to leave the list", |s| {
+            s["cards"]["sq"]["count"] == json!((IDLE - 1).to_string())
+        })
+        .await?;
+        let mut expected = first;
+        expected.retain(|id| id != "sq-00003");
+        expected.push("sq-00012".into());
+        assert_eq!(listed(&page, "sq"), expected);
+        anyhow::Ok(())
+    }
+    .await;
+    let shot = save_screenshot(
+        &browser.client,
+        &artifacts_dir().join("dashboard-fleet.png"),
+    )
+    .await;
+    browser.stop().await;
+    outcome.with_context(|| {
+        format!(
+            "planner log:\n{}",
+            launcher::process::tail(&system.planner.log, 20)
+        )
+    })?;
+    shot
+}
+
 /// What a person does with the page, checked at each step.
 async fn drive(system: &mut System, browser: &Client) -> Result<()> {
     // The browser's `Accept` prefers HTML, so `/` is the dashboard.
@@ -243,6 +314,10 @@ const form = document.querySelector("#task-form-status");
 return {
   connection: document.querySelector("#connection").dataset.state,
   flavors: all("#workers [data-flavor]").map((card) => card.dataset.flavor),
+  cards: Object.fromEntries(all("#workers [data-flavor]").map((card) => [card.dataset.flavor, {
+    count: card.dataset.count,
+    more: card.querySelector("[data-more]") ? card.querySelector("[data-more]").dataset.more : null,
+  }])),
   workers: all("#workers [data-flavor] [data-worker-id]").map((w) => ({
     id: w.dataset.workerId,
     flavor: w.closest("[data-flavor]").dataset.flavor,

@@ -321,6 +321,36 @@ pub struct WorkerView {
     pub planner: Option<String>,
 }
 
+/// `GET /workers/summary`: the fleet by flavor, with counts, so a view of
+/// thousands of workers need not fetch every one of them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WorkersSummary {
+    pub workers: u64,
+    pub slots: u64,
+    pub busy: u64,
+    /// Flavors in name order.
+    pub flavors: Vec<FlavorSummary>,
+}
+
+/// One flavor of [`WorkersSummary`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct FlavorSummary {
+    pub flavor: String,
+    pub workers: u64,
+    pub slots: u64,
+    pub busy: u64,
+    pub done: u64,
+    pub failed: u64,
+    /// Workers that answered the planner's token with 401.
+    pub refuses_token: u64,
+    /// Op → digest → how many of these workers run it (a rollout's progress).
+    pub digests: std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>,
+    /// The first workers of the flavor in id order (at most `top`).
+    pub shown: Vec<WorkerView>,
+}
+
 /// `GET /stats`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

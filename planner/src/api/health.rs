@@ -39,6 +39,9 @@ pub async fn stats(State(state): State<AppState>) -> Json<Stats> {
 /// Prometheus text; the gauges are brought up to date first.
 #[utoipa::path(get, path = "/metrics", tag = "observe", responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
-    crate::telemetry::refresh(&state.planner.stats().await, &state.planner.workers());
+    crate::telemetry::refresh(
+        &state.planner.stats().await,
+        &state.planner.workers_summary(0),
+    );
     serve::metrics::render(&state.metrics)
 }

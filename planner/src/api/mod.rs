@@ -105,6 +105,7 @@ fn routes(access: &Access) -> OpenApiRouter<AppState> {
         .routes(routes!(tasks::get))
         .routes(routes!(tasks::batch))
         .routes(routes!(workers::list))
+        .routes(routes!(workers::summary))
         .routes(routes!(ops::list))
         .routes(routes!(events::stream))
         .routes(routes!(health::stats))

@@ -155,6 +155,10 @@ impl Board {
         self.workers.values().map(Worker::view).collect()
     }
 
+    pub fn has_worker(&self, id: &str) -> bool {
+        self.workers.contains_key(id)
+    }
+
     /// Workers (id, url) that offer `op` and can take a module push.
     pub fn module_targets(&self, op: &str) -> Vec<(String, String)> {
         self.workers

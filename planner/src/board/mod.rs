@@ -13,6 +13,7 @@ mod answers;
 mod bulk;
 mod controls;
 mod demand;
+mod listing;
 mod matching;
 mod membership;
 mod queue;
@@ -30,6 +31,7 @@ use wire::{Output, TaskId};
 
 pub use bulk::TaskFilter;
 pub use controls::{Interrupt, Progress, RETRY_BACKOFF_CAP_MS};
+pub use listing::{Page, SummaryBuilder, WorkerQuery};
 pub use matching::Assignment;
 pub use membership::IdTaken;
 pub use queue::{OpQueue, QueueKey};

@@ -11,6 +11,7 @@ use std::borrow::Borrow;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::Hash;
+use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -103,6 +104,13 @@ impl Roster {
     /// In id order.
     pub fn values(&self) -> impl Iterator<Item = &Worker> {
         self.workers.values()
+    }
+
+    /// In id order, from `start`.
+    pub fn range<'a>(&'a self, start: Bound<&str>) -> impl Iterator<Item = &'a Worker> {
+        self.workers
+            .range::<str, _>((start, Bound::Unbounded))
+            .map(|(_, worker)| worker)
     }
 
     /// Ends the cooldowns due by `now` (only the workers whose cooldown

@@ -21,9 +21,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use wire::TaskId;
-use wire::planner::{Stats, WorkerChange, WorkerEvent, WorkerView};
+use wire::planner::{Stats, WorkerChange, WorkerEvent, WorkerView, WorkersSummary};
 
 use super::Planner;
+use crate::board::{Page, SummaryBuilder, WorkerQuery};
 use crate::events::Event;
 use crate::modules::Module;
 use crate::store::postgres::{PgStore, StoredModule};
@@ -310,6 +311,35 @@ impl Planner {
         workers
     }
 
+    /// A page of the fleet's workers in id order. Without other replicas
+    /// the board walks only the page; with them, every worker is merged.
+    pub fn workers_page(&self, query: &WorkerQuery) -> Page {
+        let mut page = match self.fleet_parts() {
+            None => self.board().workers_page(query),
+            Some(_) => Page::of(self.workers().into_iter(), query),
+        };
+        if let Some(here) = self.advertised() {
+            for worker in page.workers.iter_mut().filter(|w| w.planner.is_none()) {
+                worker.planner = Some(here.to_string());
+            }
+        }
+        page
+    }
+
+    /// The fleet by flavor, with the first `top` workers of each.
+    pub fn workers_summary(&self, top: usize) -> WorkersSummary {
+        let mut summary = SummaryBuilder::new(top);
+        match self.fleet_parts() {
+            None => self.board().summarize(&mut summary),
+            Some(_) => {
+                for worker in self.workers() {
+                    summary.add_view(worker);
+                }
+            }
+        }
+        summary.finish()
+    }
+
     /// This replica's own workers, each saying it is held here.
     fn workers_here(&self) -> Vec<WorkerView> {
         let mut workers = self.board().workers();
@@ -438,8 +468,9 @@ impl Planner {
             }
         }
         drop(counts);
-        let here: BTreeSet<String> = self.board().workers().into_iter().map(|w| w.id).collect();
-        for worker in fleet.others().into_iter().filter(|w| !here.contains(&w.id)) {
+        let others = fleet.others();
+        let board = self.board();
+        for worker in others.into_iter().filter(|w| !board.has_worker(&w.id)) {
             *stats.workers_by_flavor.entry(worker.flavor).or_default() += 1;
         }
     }
