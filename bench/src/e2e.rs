@@ -152,7 +152,7 @@ fn expected(view: &TaskView) -> Option<i64> {
     }
 }
 
-async fn throughput(
+pub(crate) async fn throughput(
     plan: &Plan,
     client: &reqwest::Client,
     planner: &Service,

@@ -14,6 +14,9 @@
 //! 8. the PostgreSQL store with one and with three planners in front of the
 //!    same workers: throughput, CPU per task (planners and database),
 //!    single-task latency.
+//! 9. scaling: throughput and planner CPU per task with 1 to 64 workers,
+//!    beside up to 10,000 idle registered workers, with up to 1,000,000
+//!    tasks queued; single-task latency with and without a backlog.
 //!
 //! Everything runs on 127.0.0.1; every load loop is bounded in count and time.
 
@@ -22,6 +25,7 @@ mod e2e;
 mod machine;
 mod memory;
 mod report;
+mod scaling;
 mod shared_store;
 mod steady;
 mod system;
@@ -103,6 +107,9 @@ struct Args {
     /// Skip part 8 (the PostgreSQL store), e.g. where PostgreSQL is not installed.
     #[arg(long)]
     no_postgres: bool,
+    /// Skip part 9 (scaling with workers, idle workers and backlog).
+    #[arg(long)]
+    no_scaling: bool,
     /// Give up on any one phase after this many seconds.
     #[arg(long, default_value_t = 300)]
     phase_timeout_s: u64,
@@ -123,6 +130,7 @@ pub struct Plan {
     pub wasm: Duration,
     pub phase_timeout: Duration,
     pub postgres: bool,
+    pub scaling: bool,
 }
 
 impl Plan {
@@ -153,6 +161,7 @@ impl Plan {
             wasm: secs(pick(args.wasm_secs, 3.0, 0.5))?,
             phase_timeout: Duration::from_secs(args.phase_timeout_s.max(1)),
             postgres: !args.no_postgres,
+            scaling: !args.no_scaling,
         };
         Ok(plan)
     }
@@ -199,12 +208,12 @@ async fn run(args: Args) -> Result<()> {
         ..Figures::default()
     };
 
-    progress("1/8 ceiling: trivial axum handler, keep-alive reqwest client");
+    progress("1/9 ceiling: trivial axum handler, keep-alive reqwest client");
     figures.ceiling = ceiling::measure(&plan)
         .await
         .context("measuring the ceiling")?;
 
-    progress("2-4/8 end-to-end: planner (durable) + workers");
+    progress("2-4/9 end-to-end: planner (durable) + workers");
     let e2e = e2e::measure(&plan).await.context("the end-to-end run")?;
     figures.throughput = e2e.throughput;
     if figures.ceiling.round_trips_per_s > 0.0 {
@@ -216,26 +225,34 @@ async fn run(args: Args) -> Result<()> {
     figures.gap = e2e.gap;
     figures.worker_idle_rss_kib = e2e.worker_idle_rss_kib;
 
-    progress("5/8 WASM cost per call");
+    progress("5/9 WASM cost per call");
     figures.wasm = wasm::measure(&plan)
         .await
         .context("measuring the WASM call cost")?;
 
-    progress("6/8 planner memory with queued tasks");
+    progress("6/9 planner memory with queued tasks");
     figures.planner_memory = memory::measure(&plan)
         .await
         .context("measuring the planner's memory")?;
 
-    progress("7/8 steady state: default retention, full speed");
+    progress("7/9 steady state: default retention, full speed");
     figures.steady = steady::measure(&plan)
         .await
         .context("measuring the steady state")?;
     if plan.postgres {
-        progress("8/8 PostgreSQL store: 1 and 3 planners, the same workers");
+        progress("8/9 PostgreSQL store: 1 and 3 planners, the same workers");
         figures.shared_store = Some(
             shared_store::measure(&plan)
                 .await
                 .context("measuring the PostgreSQL store (--no-postgres skips it)")?,
+        );
+    }
+    if plan.scaling {
+        progress("9/9 scaling: workers, idle workers, backlog");
+        figures.scaling = Some(
+            scaling::measure(&plan)
+                .await
+                .context("measuring how dispatch scales (--no-scaling skips it)")?,
         );
     }
     figures.wall_secs = started.elapsed().as_secs_f64();

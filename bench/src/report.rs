@@ -11,6 +11,7 @@ use crate::ceiling::Ceiling;
 use crate::e2e::{Gap, Latency, Throughput};
 use crate::machine::Machine;
 use crate::memory::PlannerMemory;
+use crate::scaling::Scaling;
 use crate::shared_store::SharedStore;
 use crate::steady::SteadyState;
 use crate::wasm::WasmCost;
@@ -28,6 +29,8 @@ pub struct Figures {
     pub steady: SteadyState,
     /// Part 8, unless skipped (`--no-postgres`).
     pub shared_store: Option<SharedStore>,
+    /// Part 9, unless skipped (`--no-scaling`).
+    pub scaling: Option<Scaling>,
     pub wall_secs: f64,
     /// 1-minute load average when the run started and when it ended.
     pub load_start: f64,
@@ -281,6 +284,9 @@ pub fn rows(f: &Figures) -> Vec<Row> {
     ];
     if let Some(shared) = &f.shared_store {
         rows.extend(crate::shared_store::rows(shared, t.tasks_per_s));
+    }
+    if let Some(scaling) = &f.scaling {
+        rows.extend(crate::scaling::rows(scaling));
     }
     rows
 }

@@ -50,11 +50,19 @@ pub async fn start_worker(dir: &Path, planner_url: &str, id: &str, slots: u32) -
 }
 
 /// The token the benchmark's planners and workers share (authentication is
-/// on by default), in a file in the run's directory.
+/// on by default).
+const TOKEN: &str = "bench-token";
+
+/// The admin token, for what the benchmark does as an operator (registering).
+pub fn token() -> Result<String> {
+    Ok(TOKEN.to_string())
+}
+
+/// [`TOKEN`], in a file in the run's directory.
 fn token_file(dir: &Path) -> Result<std::path::PathBuf> {
     let path = dir.join("token");
     if !path.exists() {
-        std::fs::write(&path, "bench-token").context("writing the benchmark's token file")?;
+        std::fs::write(&path, TOKEN).context("writing the benchmark's token file")?;
     }
     Ok(path)
 }

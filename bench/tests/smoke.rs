@@ -1,4 +1,4 @@
-//! `bench --quick` completes and reports every figure of issue 6.
+//! `bench --quick` completes and reports every figure of issues 6, 11 and 14.
 //!
 //! A smoke test only: it checks that each figure is present and positive,
 //! never how fast anything is. Needs the `planner` and `worker` binaries next
@@ -80,6 +80,13 @@ fn quick_run_reports_every_figure() {
         "/shared_store/three/planners_cpu_us",
         "/shared_store/three/database_cpu_us",
         "/shared_store/three/latency/p99_us",
+        "/scaling/by_workers/0/tasks_per_s",
+        "/scaling/by_workers/2/planner_cpu_us",
+        "/scaling/by_idle_workers/1/tasks_per_s",
+        "/scaling/by_idle_workers/1/register_secs",
+        "/scaling/by_backlog/1/tasks_per_s",
+        "/scaling/latency_by_backlog/0/latency/p50_us",
+        "/scaling/latency_by_backlog/1/latency/p99_us",
     ] {
         let value = figures.pointer(path).and_then(Value::as_f64);
         assert!(
@@ -98,6 +105,8 @@ fn quick_run_reports_every_figure() {
         "worker idle RSS",
         "planner RSS per queued task",
         "PostgreSQL store, 3 planners",
+        "idle other-op workers",
+        "tasks of another op queued",
     ] {
         assert!(
             printed.contains(label),
