@@ -192,6 +192,7 @@ pub async fn build(config: &ServeConfig, token: &Token) -> Result<Arc<Planner>> 
     let dispatcher = Dispatcher::new(
         token.clone(),
         Duration::from_millis(config.dispatch_timeout_ms),
+        Duration::from_millis(config.heartbeat_timeout_ms),
     )?;
     let limits = Limits {
         queue: config.queue_limit,

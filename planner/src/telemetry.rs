@@ -87,6 +87,22 @@ pub fn dispatch_gap(gap: Duration) {
     histogram!("planner_dispatch_gap_seconds").record(gap.as_secs_f64());
 }
 
+/// How a dispatch went out: `channel` or `http` (per-task request).
+pub fn dispatched(transport: &'static str) {
+    counter!("planner_dispatches_total", "transport" => transport).increment(1);
+}
+
+pub fn channel_opened() {
+    counter!("planner_channels_opened_total").increment(1);
+    gauge!("planner_channels_open").increment(1.0);
+}
+
+/// `why`: closed, dropped, silent, refused_frame, read_error, write_error.
+pub fn channel_closed(why: &'static str) {
+    counter!("planner_channels_closed_total", "why" => why).increment(1);
+    gauge!("planner_channels_open").decrement(1.0);
+}
+
 pub fn answer(answer: &Answer) {
     let kind = match answer {
         Answer::Done { .. } => "done",

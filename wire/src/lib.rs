@@ -3,6 +3,7 @@
 //! Only data lives here: no I/O, no framework types, so every side can depend
 //! on it cheaply and a change of shape is one edit, seen by both ends.
 
+pub mod channel;
 pub mod controls;
 pub mod integers;
 pub mod legacy;

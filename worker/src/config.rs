@@ -63,10 +63,25 @@ pub struct Config {
     /// Interval between heartbeats to the planner, in ms.
     #[arg(long, env = "HEARTBEAT_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
     pub heartbeat_ms: u64,
+    /// `off`: take tasks only as one HTTP request each (`POST /tasks`), never
+    /// opening the persistent dispatch channel to the planner.
+    #[arg(long, env = "CHANNEL", value_enum, default_value_t = ChannelMode::On)]
+    pub channel: ChannelMode,
     #[command(flatten)]
     pub log: serve::logging::LogArgs,
     #[command(flatten)]
     pub connections: serve::http::ConnectionLimits,
+}
+
+/// `CHANNEL`: whether tasks may come over the persistent dispatch channel.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ChannelMode {
+    /// Open the channel once registered (the default); per-task HTTP keeps
+    /// working alongside it.
+    #[default]
+    On,
+    /// Per-task HTTP only.
+    Off,
 }
 
 impl Config {

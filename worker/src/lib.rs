@@ -1,6 +1,7 @@
 //! The worker: runs operation modules (WebAssembly components) for the planner.
 
 pub mod catalog;
+pub mod channel;
 pub mod config;
 pub mod embedded;
 pub mod executor;
@@ -60,6 +61,22 @@ pub async fn run(config: Config) -> Result<()> {
             stop.clone(),
         )?;
     }
+    // Cancelled once the HTTP side has answered everything after SIGTERM:
+    // the channel then closes as soon as its own tasks are answered.
+    let finish_channel = CancellationToken::new();
+    let (home, home_seen) = tokio::sync::watch::channel(None);
+    let channel = match config.channel {
+        config::ChannelMode::On => Some(tokio::spawn(
+            channel::Channel {
+                id: id.clone(),
+                token: token.clone(),
+                executor: executor.clone(),
+                home: home_seen,
+            }
+            .run(finish_channel.clone()),
+        )),
+        config::ChannelMode::Off => None,
+    };
     let registrar = Registrar {
         client: reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
@@ -75,6 +92,7 @@ pub async fn run(config: Config) -> Result<()> {
         heartbeat: Duration::from_millis(config.heartbeat_ms),
         heartbeat_to: std::sync::Mutex::new(None),
         announced: Default::default(),
+        channel_home: home,
     };
     let (deregistered, deregistration) = oneshot::channel();
     let registration = tokio::spawn(registrar.run(drain.clone(), deregistered, stop.clone()));
@@ -103,6 +121,12 @@ pub async fn run(config: Config) -> Result<()> {
     )
     .await
     .context("serving HTTP");
+    // Tasks that came on the channel are answered on it before the
+    // heartbeats stop, so the planner never gives them up for lost.
+    finish_channel.cancel();
+    if let Some(channel) = channel {
+        let _ = channel.await;
+    }
     stop.cancel();
     let _ = registration.await;
     served?;

@@ -47,6 +47,9 @@ pub struct Registrar {
     /// while a registration is in flight, or whose announcement fails, is
     /// seen as a difference here and announced at the next tick.
     pub announced: AtomicU64,
+    /// Where the dispatch channel goes: the replica that registered this
+    /// worker, published on each successful registration.
+    pub channel_home: tokio::sync::watch::Sender<Option<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -242,6 +245,15 @@ impl Registrar {
                     .map(|url| url.trim_end_matches('/').to_string());
                 *self.heartbeat_to.lock().unwrap_or_else(|p| p.into_inner()) = replica;
                 self.announced.store(version, Ordering::Release);
+                let home = self.home();
+                self.channel_home
+                    .send_if_modified(|current| match current {
+                        Some(known) if *known == home => false,
+                        _ => {
+                            *current = Some(home);
+                            true
+                        }
+                    });
                 Ok(())
             }
             status @ (StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED) => {

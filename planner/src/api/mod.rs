@@ -2,6 +2,7 @@
 //! serves it, `planner/tests/api.rs` calls it in process; each route's OpenAPI
 //! description sits on its handler.
 
+mod channel;
 mod events;
 mod health;
 mod legacy;
@@ -81,6 +82,7 @@ fn routes(access: &Access) -> OpenApiRouter<AppState> {
         .merge(registration)
         .routes(routes!(workers::deregister))
         .routes(routes!(workers::heartbeat))
+        .routes(routes!(channel::open))
         .routes(routes!(legacy::register))
         .merge(modules)
         .route_layer(axum::middleware::from_fn_with_state(

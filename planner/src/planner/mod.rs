@@ -108,6 +108,11 @@ impl Planner {
         &self.store
     }
 
+    /// The workers' open dispatch channels.
+    pub fn channels(&self) -> &Arc<crate::dispatch::channel::Channels> {
+        self.dispatcher.channels()
+    }
+
     /// Hands every queued task that has a free capable slot to its worker.
     /// `trigger` is when the event that may have made a match possible (a
     /// task arriving, a slot freeing, a worker joining) happened: the time

@@ -1,5 +1,10 @@
-//! Sending one assignment to its worker and reading the answer.
+//! Sending one assignment to its worker and reading the answer: on the
+//! worker's dispatch channel when it has one open ([`channel`]), else as one
+//! HTTP request (`POST /tasks`, or a legacy worker's `/add` / `/mult`).
 
+pub mod channel;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -16,10 +21,13 @@ pub struct Dispatcher {
     client: reqwest::Client,
     token: Token,
     timeout: Duration,
+    channels: Arc<channel::Channels>,
 }
 
 impl Dispatcher {
-    pub fn new(token: Token, timeout: Duration) -> anyhow::Result<Self> {
+    /// `silence`: how long a dispatch channel may stay quiet before it is
+    /// closed (the heartbeat timeout).
+    pub fn new(token: Token, timeout: Duration, silence: Duration) -> anyhow::Result<Self> {
         let client = reqwest::Client::builder()
             .tcp_nodelay(true)
             .pool_idle_timeout(serve::http::CLIENT_POOL_IDLE)
@@ -31,13 +39,25 @@ impl Dispatcher {
             client,
             token,
             timeout,
+            channels: Arc::new(channel::Channels::new(silence)),
         })
+    }
+
+    /// The workers' open dispatch channels (the channel route adds to them).
+    pub fn channels(&self) -> &Arc<channel::Channels> {
+        &self.channels
     }
 
     /// Tells a worker to stop running a task (`DELETE /tasks/{id}` on it),
     /// in the background. Best effort: if it does not hear, its call runs
     /// out and the answer is ignored.
     pub fn interrupt(&self, interrupt: Interrupt) {
+        if let Some(link) = self.channels.get(&interrupt.worker)
+            && link.cancel(interrupt.task)
+        {
+            tracing::debug!(task = interrupt.task, worker = %interrupt.worker, "interrupt sent on the channel");
+            return;
+        }
         let request = self
             .client
             .delete(format!("{}/tasks/{}", interrupt.url, interrupt.task))
@@ -66,6 +86,13 @@ impl Dispatcher {
     }
 
     pub async fn send(&self, assignment: &Assignment) -> Answer {
+        if !assignment.legacy
+            && let Some(link) = self.channels.get(&assignment.worker)
+        {
+            crate::telemetry::dispatched("channel");
+            return link.dispatch(assignment, self.timeout).await;
+        }
+        crate::telemetry::dispatched("http");
         let request = if assignment.legacy {
             let Some(route) = wire::legacy::route_for_op(&assignment.op) else {
                 return Answer::Lacks;
