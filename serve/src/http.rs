@@ -23,7 +23,6 @@ use axum::response::{IntoResponse, Response};
 use http_body::{Frame, SizeHint};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -109,7 +108,11 @@ pub async fn run(
         .max_buf_size(HARD_MAX_HEAD_BYTES);
     let connections = Arc::new(Semaphore::new(limits.max_connections as usize));
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT));
-    let graceful = GracefulShutdown::new();
+    // Each connection holds a receiver: once `stop` says so it finishes
+    // its request in progress and closes; `stop.closed()` resolves when
+    // every one of them has. (hyper-util's `GracefulShutdown` does not take
+    // connections that may be upgraded.)
+    let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -134,12 +137,30 @@ pub async fn run(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let connection =
-            graceful.watch(builder.serve_connection(TokioIo::new(stream), service.clone()));
+        // Upgrades: the planner's dispatch channel is a WebSocket. The
+        // connection's slot is given back once it is upgraded; the channels
+        // are bounded by the registered workers instead (one each), and end
+        // on the planner's own stop signal.
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service.clone())
+            .with_upgrades();
+        let mut stopping = stopping.clone();
         let open = metrics::gauge!("http_connections_open");
         open.increment(1.0);
         tokio::spawn(async move {
-            if let Err(err) = connection.await {
+            let mut connection = std::pin::pin!(connection);
+            let served = tokio::select! {
+                served = connection.as_mut() => served,
+                () = async {
+                    // Only the signal matters, not the value's guard.
+                    let _ = stopping.wait_for(|stop| *stop).await;
+                } => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            drop(stopping);
+            if let Err(err) = served {
                 tracing::debug!(%peer, error = %err, "connection closed with an error");
             }
             open.decrement(1.0);
@@ -147,7 +168,9 @@ pub async fn run(
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    drop(stopping);
+    let _ = stop.send(true);
+    stop.closed().await;
     Ok(())
 }
 
