@@ -58,6 +58,9 @@ pub struct System {
     /// The planner's PostgreSQL database, when it runs on one (see
     /// [`store_env`]).
     pub database: Option<postgres::Database>,
+    /// Workers started with the dispatch channel on (see
+    /// [`e2e_transport_is_http`]).
+    pub channel_workers: std::collections::BTreeSet<String>,
 }
 
 /// Which store the suites run their planners on: `E2E_STORE=postgres` runs
@@ -66,6 +69,16 @@ pub struct System {
 /// (`STORE` in their environment) keep it.
 pub fn e2e_store_is_postgres() -> bool {
     std::env::var("E2E_STORE").is_ok_and(|s| s == "postgres")
+}
+
+/// Which transport the suites' workers take tasks on: `E2E_TRANSPORT=http`
+/// starts them with `CHANNEL=off` (one HTTP request per task); anything
+/// else leaves the persistent dispatch channel on, and
+/// [`System::wait_for_workers`] then also waits until each listed worker's
+/// channel is open, so the suites' tasks go over it. A test that sets
+/// `CHANNEL` itself keeps its choice.
+pub fn e2e_transport_is_http() -> bool {
+    std::env::var("E2E_TRANSPORT").is_ok_and(|s| s == "http")
 }
 
 /// The planner environment selecting the store for a test: a new database
@@ -108,6 +121,7 @@ impl System {
             workers: Vec::new(),
             token,
             database,
+            channel_workers: Default::default(),
         })
     }
 
@@ -179,8 +193,20 @@ impl System {
                 None => cmd.env("AUTH", "off"),
             };
         }
+        if e2e_transport_is_http() {
+            cmd.env("CHANNEL", "off");
+        }
         for (key, value) in env {
             cmd.env(key, value);
+        }
+        let channel = match env.iter().find(|(k, _)| *k == "CHANNEL") {
+            Some((_, value)) => *value != "off",
+            None => !e2e_transport_is_http(),
+        };
+        if channel {
+            self.channel_workers.insert(id.to_string());
+        } else {
+            self.channel_workers.remove(id);
         }
         let log = self.dir.path().join(format!("{id}.log"));
         self.workers.push(Service::start(id, cmd, &log).await?);
@@ -211,14 +237,21 @@ impl System {
             .await?)
     }
 
-    /// Waits until the planner lists exactly `n` workers.
+    /// Waits until the planner lists exactly `n` workers, and the dispatch
+    /// channel of each of them started with it is open.
     pub async fn wait_for_workers(&self, n: usize) -> Result<Vec<WorkerView>> {
-        poll(
+        let workers = poll(
             Duration::from_secs(20),
             &format!("{n} registered workers"),
             || async { self.workers().await.ok().filter(|w| w.len() == n) },
         )
-        .await
+        .await?;
+        for worker in &workers {
+            if self.channel_workers.contains(&worker.id) {
+                wait_for_channel(&worker.url, true).await?;
+            }
+        }
+        Ok(workers)
     }
 
     /// `POST /tasks` with a JSON body; returns status and parsed body.
@@ -327,6 +360,29 @@ async fn start_planner(dir: &Path, env: &[(&str, &str)]) -> Result<Service> {
 fn next_seq() -> u64 {
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Waits until the worker at `worker_url` says (`worker_channel_open` in its
+/// `/metrics`) that its dispatch channel to the planner is open, or closed.
+pub async fn wait_for_channel(worker_url: &str, open: bool) -> Result<()> {
+    let what = if open { "open" } else { "closed" };
+    poll(
+        Duration::from_secs(20),
+        &format!("the dispatch channel of {worker_url} to be {what}"),
+        || async {
+            let text = reqwest::get(format!("{worker_url}/metrics"))
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            let is_open = text
+                .lines()
+                .any(|line| line.trim() == "worker_channel_open 1");
+            (is_open == open).then_some(())
+        },
+    )
+    .await
 }
 
 /// Waits until the worker at `url` is running a task (its `GET /` no longer

@@ -86,7 +86,10 @@ impl Channel {
                 Ok(socket) => {
                     retry = MIN_RETRY;
                     tracing::info!(planner = %home, "dispatch channel open");
-                    match self.session(socket, &home, &finish).await {
+                    crate::telemetry::channel_open(true);
+                    let end = self.session(socket, &home, &finish).await;
+                    crate::telemetry::channel_open(false);
+                    match end {
                         End::Finished => {
                             tracing::info!("dispatch channel closed: the worker is stopping");
                             return;
@@ -122,8 +125,7 @@ impl Channel {
         let config = WebSocketConfig::default()
             .max_message_size(Some(MAX_FRAME_BYTES))
             .max_frame_size(Some(MAX_FRAME_BYTES));
-        let connecting =
-            tokio_tungstenite::connect_async_with_config(request, Some(config), true);
+        let connecting = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
         match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
             Ok(Ok((socket, _))) => Ok(socket),
             Ok(Err(err)) => Err(err.to_string()),
@@ -245,7 +247,13 @@ impl Channel {
     }
 }
 
-async fn run(executor: &Executor, dispatch: u64, id: TaskId, op: &str, args: Vec<i64>) -> ToPlanner {
+async fn run(
+    executor: &Executor,
+    dispatch: u64,
+    id: TaskId,
+    op: &str,
+    args: Vec<i64>,
+) -> ToPlanner {
     match executor.run(Some(id), op, args).await {
         Ok(run) => ToPlanner::Done {
             dispatch,

@@ -246,14 +246,13 @@ impl Registrar {
                 *self.heartbeat_to.lock().unwrap_or_else(|p| p.into_inner()) = replica;
                 self.announced.store(version, Ordering::Release);
                 let home = self.home();
-                self.channel_home
-                    .send_if_modified(|current| match current {
-                        Some(known) if *known == home => false,
-                        _ => {
-                            *current = Some(home);
-                            true
-                        }
-                    });
+                self.channel_home.send_if_modified(|current| match current {
+                    Some(known) if *known == home => false,
+                    _ => {
+                        *current = Some(home);
+                        true
+                    }
+                });
                 Ok(())
             }
             status @ (StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED) => {

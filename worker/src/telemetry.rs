@@ -50,3 +50,8 @@ pub fn refresh(slots: u32, busy: u32, ops: usize) {
     gauge!("worker_busy_slots").set(f64::from(busy));
     gauge!("worker_ops_loaded").set(ops as f64);
 }
+
+/// 1 while the dispatch channel to the planner is open (tests wait on it).
+pub fn channel_open(open: bool) {
+    gauge!("worker_channel_open").set(if open { 1.0 } else { 0.0 });
+}

@@ -231,7 +231,9 @@ impl Link {
                 let _ = answered.send(answer);
             }
             // Its wait timed out (it was settled as lost already).
-            None => tracing::debug!(worker = %self.worker, dispatch, "answer for no waiting dispatch ignored"),
+            None => {
+                tracing::debug!(worker = %self.worker, dispatch, "answer for no waiting dispatch ignored")
+            }
         }
     }
 }
