@@ -30,9 +30,17 @@ pub fn path(worker_id: &str) -> String {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ToWorker {
-    /// First frame: how often the planner wants signs of life. A side that
-    /// hears nothing (not even a ping) for `silence_ms` closes the channel.
-    Hello { ping_ms: u64, silence_ms: u64 },
+    /// First frame: how often the planner wants signs of life (a side that
+    /// hears nothing, not even a ping, for `silence_ms` closes the channel),
+    /// and the `Authorization` value the planner presents on per-task HTTP:
+    /// a worker that requires a token takes tasks on the channel only from
+    /// a planner that has it, as its `POST /tasks` would.
+    Hello {
+        ping_ms: u64,
+        silence_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        authorization: Option<Secret>,
+    },
     /// Run a task; answer with the same `dispatch`.
     Task {
         dispatch: u64,
@@ -43,6 +51,17 @@ pub enum ToWorker {
     /// The planner cancelled task `id` (or its deadline passed): stop its
     /// call. Its dispatch is still answered (and ignored).
     Cancel { id: TaskId },
+}
+
+/// A credential: never shown by `Debug`.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 /// What a worker sends on a channel: the answer to one task frame.

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use reqwest::header::HeaderValue;
 use serve::auth::Token;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -41,6 +42,8 @@ const DEFAULT_SILENCE: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const MIN_RETRY: Duration = Duration::from_millis(50);
 const MAX_RETRY: Duration = Duration::from_secs(2);
+/// After the planner failed to present the token.
+const REFUSED_RETRY: Duration = Duration::from_secs(30);
 /// An op's error message longer than this is cut on the channel, so that
 /// an answer always fits in one frame (a hostile op can return megabytes).
 const MAX_ERROR_BYTES: usize = 16 << 10;
@@ -60,6 +63,9 @@ enum End {
     Finished,
     /// The channel closed; open a new one.
     Closed(String),
+    /// The planner lacks this worker's token: try again much later (a
+    /// redeploy may fix it; per-task HTTP answers 401 meanwhile).
+    Refused(String),
 }
 
 impl Channel {
@@ -97,6 +103,10 @@ impl Channel {
                         End::Closed(reason) => {
                             tracing::warn!(%reason, "dispatch channel closed; opening a new one")
                         }
+                        End::Refused(reason) => {
+                            tracing::warn!(%reason, retry_in = ?REFUSED_RETRY, "dispatch channel refused");
+                            retry = REFUSED_RETRY;
+                        }
                     }
                 }
                 Err(reason) => {
@@ -108,7 +118,7 @@ impl Channel {
                 () = finish.cancelled() => return,
                 () = tokio::time::sleep(retry) => {}
             }
-            retry = (retry * 2).min(MAX_RETRY);
+            retry = (retry * 2).min(MAX_RETRY.max(retry));
         }
     }
 
@@ -143,6 +153,9 @@ impl Channel {
         pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut heard = Instant::now();
         let mut finishing = false;
+        // No task runs before the planner's hello proved it has our token.
+        let mut greeted = false;
+        let mut token_refused = false;
         let end = loop {
             if finishing && running.is_empty() {
                 let close = Message::Close(Some(CloseFrame {
@@ -175,11 +188,22 @@ impl Channel {
                         Message::Ping(_) | Message::Pong(_) => continue,
                     };
                     match frame {
-                        ToWorker::Hello { ping_ms, silence_ms } => {
+                        ToWorker::Hello { ping_ms, silence_ms, authorization } => {
+                            // The same rule as `POST /tasks`: a worker with a
+                            // token runs tasks only for a planner that has it.
+                            let presented = authorization
+                                .and_then(|secret| HeaderValue::from_str(&secret.0).ok());
+                            if !self.token.admits(presented.as_ref()) {
+                                tracing::error!("the planner's channel did not present this worker's token: check that both have the same TOKEN; tasks come over HTTP (and are refused 401)");
+                                token_refused = true;
+                                break "the planner did not present this worker's token".to_string();
+                            }
+                            greeted = true;
                             silence = Duration::from_millis(silence_ms.max(30));
                             pings = tokio::time::interval(Duration::from_millis(ping_ms.max(10)));
                             pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                         }
+                        _ if !greeted => break "the planner's first frame was not a hello".to_string(),
                         ToWorker::Task { dispatch, id, op, args } => {
                             // Bounded by the slots: a task beyond them is
                             // refused at once, as `POST /tasks` answers 429.
@@ -243,6 +267,14 @@ impl Channel {
             self.executor.cancel(*id);
         }
         running.abort_all();
+        if token_refused {
+            let close = Message::Close(Some(CloseFrame {
+                code: CloseCode::Policy,
+                reason: Utf8Bytes::from_static("the planner did not present this worker's token"),
+            }));
+            let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(close)).await;
+            return End::Refused(end);
+        }
         End::Closed(end)
     }
 }

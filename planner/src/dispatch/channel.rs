@@ -42,6 +42,8 @@ pub struct Channels {
     /// planner's `HEARTBEAT_TIMEOUT_MS`, so a silent worker is noticed no
     /// later than its missed heartbeats would have been.
     silence: Duration,
+    /// What the planner presents to workers (see `ToWorker::Hello`).
+    authorization: Option<wire::channel::Secret>,
     next_serial: AtomicU64,
 }
 
@@ -64,10 +66,16 @@ struct LinkState {
 }
 
 impl Channels {
-    pub fn new(silence: Duration) -> Self {
+    pub fn new(silence: Duration, token: &serve::auth::Token) -> Self {
+        let authorization = token
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .map(|value| wire::channel::Secret(value.to_string()));
         Self {
             open: Mutex::new(HashMap::new()),
             silence: silence.max(Duration::from_millis(30)),
+            authorization,
             next_serial: AtomicU64::new(1),
         }
     }
@@ -121,6 +129,7 @@ impl Channels {
         let hello = ToWorker::Hello {
             ping_ms: ping.as_millis() as u64,
             silence_ms: self.silence.as_millis() as u64,
+            authorization: self.authorization.clone(),
         };
         let ending = {
             let writer = write_frames(&mut sink, &mut frames, hello, ping);

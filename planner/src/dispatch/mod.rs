@@ -35,11 +35,12 @@ impl Dispatcher {
             // A worker answers; it never sends the planner elsewhere.
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
+        let channels = Arc::new(channel::Channels::new(silence, &token));
         Ok(Self {
             client,
             token,
             timeout,
-            channels: Arc::new(channel::Channels::new(silence)),
+            channels,
         })
     }
 
