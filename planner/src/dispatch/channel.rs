@@ -89,15 +89,6 @@ impl Channels {
         self.lock().get(worker).cloned()
     }
 
-    /// How many channels are open (for `/metrics`).
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Serves a worker's channel until it closes. A channel the same worker
     /// had open before is closed first (its tasks are lost, as they would be
     /// if it had reconnected after a cut).
