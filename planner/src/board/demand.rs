@@ -65,7 +65,7 @@ impl Board {
 
     /// Whether a live worker here offers `op`.
     pub(super) fn is_offered(&self, op: &str) -> bool {
-        self.workers.values().any(|w| !w.leaving && w.offers(op))
+        self.workers.offering(op).any(|w| !w.leaving)
     }
 
     /// Takes off the board the queued tasks that no live worker here offers

@@ -50,6 +50,10 @@ struct Index {
     /// before it is over.
     clock: Option<Instant>,
     flavors: BTreeMap<Arc<str>, usize>,
+    /// Every placed worker by op it offers, whatever its state: who could
+    /// run an op at all, without walking the workers that cannot. Changes
+    /// only when a worker's ops do, not on every busy/free move.
+    offering: HashMap<Arc<str>, BTreeSet<Arc<str>>>,
     /// Workers re-ranked so far (for tests of the index's reach).
     #[cfg(test)]
     moves: u64,
@@ -96,6 +100,7 @@ impl Roster {
 
     pub fn remove(&mut self, id: &str) -> Option<Worker> {
         let worker = self.workers.remove(id)?;
+        self.index.forget(id);
         self.index.unplace(id);
         self.changed.remove(id);
         Some(worker)
@@ -167,6 +172,26 @@ impl Roster {
         flavors
     }
 
+    /// The workers offering `op` (leaving ones too), as of the last
+    /// [`Roster::wake`] and corrected for the workers changed since: costs
+    /// O(those workers), not O(all workers).
+    pub fn offering<'a>(&'a self, op: &'a str) -> impl Iterator<Item = &'a Worker> + 'a {
+        let placed = self
+            .index
+            .offering
+            .get(op)
+            .into_iter()
+            .flatten()
+            .filter(|id| !self.changed.contains(*id))
+            .filter_map(|id| self.workers.get(id));
+        let changed = self
+            .changed
+            .iter()
+            .filter_map(|id| self.workers.get(id))
+            .filter(move |w| w.offers(op));
+        placed.chain(changed)
+    }
+
     /// Workers re-ranked so far (for tests of the index's reach).
     #[cfg(test)]
     pub fn moves(&self) -> u64 {
@@ -196,6 +221,15 @@ impl Index {
         #[cfg(test)]
         {
             self.moves += 1;
+        }
+        if !same_ops {
+            self.forget(&worker.id);
+            for op in ops.iter() {
+                self.offering
+                    .entry(op.clone())
+                    .or_default()
+                    .insert(worker.id.clone());
+            }
         }
         self.unplace(&worker.id);
         match state {
@@ -235,6 +269,21 @@ impl Index {
         match worker.cooldown_until {
             Some(until) if self.clock.is_none_or(|clock| clock < until) => State::Cooling(until),
             _ => State::Free(free),
+        }
+    }
+
+    /// Takes a worker out of [`Index::offering`] (its ops as last placed).
+    fn forget(&mut self, id: &str) {
+        let Some(placement) = self.placements.get(id) else {
+            return;
+        };
+        for op in placement.ops.iter() {
+            if let Some(ids) = self.offering.get_mut(op) {
+                ids.remove(id);
+                if ids.is_empty() {
+                    self.offering.remove(op);
+                }
+            }
         }
     }
 

@@ -36,8 +36,8 @@ impl Board {
         }
         let capable: Vec<&Worker> = self
             .workers
-            .values()
-            .filter(|w| !w.leaving && w.offers(&task.op))
+            .offering(&task.op)
+            .filter(|w| !w.leaving)
             .collect();
         if capable.is_empty() {
             return Some(format!("no live worker offers op `{}`", task.op));

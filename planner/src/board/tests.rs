@@ -470,7 +470,23 @@ fn the_indexed_choice_matches_the_full_scan_on_random_boards() {
                     board.reap(now, Duration::from_millis(dice.below(200) + 20));
                 }
             }
-            board.workers.wake(now);
+            // Before and after re-ranking: who offers an op, from the index,
+            // is who offers it by a full scan (each once).
+            for _ in 0..2 {
+                for op in OPS {
+                    let mut indexed: Vec<&str> =
+                        board.workers.offering(op).map(|w| &*w.id).collect();
+                    indexed.sort_unstable();
+                    let scanned: Vec<&str> = board
+                        .workers
+                        .values()
+                        .filter(|w| w.offers(op))
+                        .map(|w| &*w.id)
+                        .collect();
+                    assert_eq!(indexed, scanned, "seed {seed}, step {step}, op {op}");
+                }
+                board.workers.wake(now);
+            }
             for op in OPS {
                 assert_eq!(
                     board.workers.best(op).map(|w| &*w.id),
