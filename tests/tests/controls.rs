@@ -500,3 +500,136 @@ async fn a_batch_is_followed_as_one_unit_by_its_id() -> anyhow::Result<()> {
     assert_eq!(missing.status(), 404);
     Ok(())
 }
+
+/// Two planner replicas on one PostgreSQL database: `holder` with the
+/// spinning worker `w1` (so it claims and runs every task), `asked` with
+/// no worker. Returned with the database last, so it outlives them.
+async fn two_replicas(
+    lease_ms: &str,
+) -> anyhow::Result<(System, System, e2e::postgres::Database)> {
+    let db = e2e::postgres::database().await?;
+    let env = [
+        ("STORE", "postgres"),
+        ("DATABASE_URL", db.url.as_str()),
+        ("TOKEN", "two-replicas-token"),
+        ("REPLICA_LEASE_MS", lease_ms),
+    ];
+    let ops_dir = fixture_dir();
+    let ops_dir = ops_dir.to_str().unwrap_or_default();
+    let mut holder = System::start(&env).await?;
+    holder
+        .add_worker(
+            "w1",
+            &[
+                ("OPS", "add,mul,spin"),
+                ("OPS_DIR", ops_dir),
+                ("OP_TIMEOUT_MS", "120000"),
+            ],
+        )
+        .await?;
+    holder.wait_for_workers(1).await?;
+    let asked = System::start(&env).await?;
+    Ok((holder, asked, db))
+}
+
+/// Submits a spinning task to `asked` and waits until `holder`'s worker
+/// runs it.
+async fn spin_held_elsewhere(holder: &System, asked: &System, body: &Value) -> anyhow::Result<TaskId> {
+    let (status, accepted) = asked.submit(body).await?;
+    anyhow::ensure!(status == 202, "{status} {accepted}");
+    let id: TaskId = serde_json::from_value(accepted["ids"][0].clone())?;
+    wait_running(holder, id).await?;
+    Ok(id)
+}
+
+#[tokio::test]
+async fn a_task_running_on_another_replica_is_cancelled_through_any_replica() -> anyhow::Result<()> {
+    let (holder, asked, _db) = two_replicas("1000").await?;
+
+    // A batch (of one spinning task) run by the other replica counts as
+    // running, not queued, on the replica asked.
+    let (status, accepted) = asked
+        .submit(&json!([{"op": "spin", "args": [1, 2]}]))
+        .await?;
+    assert_eq!(status, 202, "{accepted}");
+    let spin: TaskId = serde_json::from_value(accepted["ids"][0].clone())?;
+    let batch = accepted["batch"].clone();
+    wait_running(&holder, spin).await?;
+    let view: Value = asked.get_json(&format!("/batches/{batch}")).await?;
+    assert_eq!(view["by_status"], json!({"running": 1}), "{view}");
+    assert_eq!(view["finished"], false, "{view}");
+    assert_eq!(asked.task(spin).await?.status, TaskStatus::Running);
+
+    // One DELETE to the replica that does not hold it: the holder
+    // interrupts its worker, and the answer is the cancelled task.
+    let asked_at = Instant::now();
+    let response = asked
+        .client
+        .delete(asked.url(&format!("/tasks/{spin}")))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    let view: TaskView = response.json().await?;
+    println!(
+        "cancel through the other replica answered in {} ms",
+        asked_at.elapsed().as_millis()
+    );
+    assert_eq!(view.status, TaskStatus::Cancelled, "{view:?}");
+    assert_eq!(holder.task(spin).await?.status, TaskStatus::Cancelled);
+    let after = add_runs_on_w1(&holder).await?;
+    assert_eq!(after.attempts, 1, "the worker's slot was free again");
+    let view: Value = asked.get_json(&format!("/batches/{batch}")).await?;
+    assert_eq!(
+        (&view["by_status"], &view["finished"]),
+        (&json!({"cancelled": 1}), &json!(true)),
+        "{view}"
+    );
+    // Cancelling it again: it is finished.
+    let again = asked
+        .client
+        .delete(asked.url(&format!("/tasks/{spin}")))
+        .send()
+        .await?;
+    assert_eq!(again.status(), 409);
+
+    // In bulk by filter: every running task of an op, wherever it runs.
+    let spin = spin_held_elsewhere(&holder, &asked, &json!({"op": "spin", "args": [3, 4]})).await?;
+    let (status, report) = asked
+        .post_json("/tasks/cancel", &json!({"status": "running", "op": "spin"}))
+        .await?;
+    assert_eq!((status, &report["cancelled"]), (200, &json!(1)), "{report}");
+    assert_eq!(holder.task(spin).await?.status, TaskStatus::Cancelled);
+    add_runs_on_w1(&holder).await?;
+
+    // In bulk by id.
+    let spin = spin_held_elsewhere(&holder, &asked, &json!({"op": "spin", "args": [5, 6]})).await?;
+    let (status, report) = asked
+        .post_json("/tasks/cancel", &json!({"ids": [spin, spin + 1_000_000]}))
+        .await?;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["cancelled"], 1, "{report}");
+    assert_eq!(report["not_found"], json!([spin + 1_000_000]), "{report}");
+    assert_eq!(holder.task(spin).await?.status, TaskStatus::Cancelled);
+    add_runs_on_w1(&holder).await?;
+
+    // A bulk cancel of queued tasks leaves the running one alone, and
+    // takes the queued one wherever it waits.
+    let running = spin_held_elsewhere(&holder, &asked, &json!({"op": "spin", "args": [7, 8]})).await?;
+    let queued = asked
+        .submit_ids(&json!({"op": "spin", "args": [9, 10]}))
+        .await?[0];
+    let (status, report) = asked
+        .post_json("/tasks/cancel", &json!({"status": "queued", "op": "spin"}))
+        .await?;
+    assert_eq!((status, &report["cancelled"]), (200, &json!(1)), "{report}");
+    assert_eq!(asked.task(queued).await?.status, TaskStatus::Cancelled);
+    assert_eq!(asked.task(running).await?.status, TaskStatus::Running);
+    let response = asked
+        .client
+        .delete(asked.url(&format!("/tasks/{running}")))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    add_runs_on_w1(&holder).await?;
+    Ok(())
+}

@@ -467,8 +467,16 @@ pub struct CancelReport {
     /// Listed ids the planner does not know.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_found: Vec<TaskId>,
-    /// Listed ids that had already finished (or run on another planner
-    /// replica), so not cancelled.
+    /// Listed ids that had already finished, so not cancelled.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_queued: Vec<TaskId>,
+    /// Tasks held by other planner replicas (PostgreSQL store) whose cancel
+    /// was requested but not yet carried out when the answer was due (2 s);
+    /// each ends cancelled as soon as its replica handles the request.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pending: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

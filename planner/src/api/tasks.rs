@@ -13,7 +13,7 @@ use wire::planner::{Accepted, CancelReport, CancelRequest, Submission, TaskStatu
 
 use super::AppState;
 use crate::board::{CancelError, TaskFilter};
-use crate::planner::{CancelTarget, SubmitError};
+use crate::planner::{CancelOutcome, CancelTarget, SubmitError};
 use crate::store::Idempotency;
 
 /// Most tasks in one submission.
@@ -379,21 +379,22 @@ pub async fn cancel_many(
         .map_err(|err| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, err.to_string()))
 }
 
-#[utoipa::path(delete, path = "/tasks/{id}", tag = "tasks", params(("id" = u64, Path, description = "Task id")), responses((status = 200, description = "Cancelled (a running task is interrupted on its worker)", body = wire::planner::TaskView), (status = 400, description = "Not a task id", body = wire::ErrorBody), (status = 404, description = "No such task", body = wire::ErrorBody), (status = 409, description = "The task already finished, or runs on another planner replica", body = wire::ErrorBody), (status = 503, description = "The shared store could not be reached", body = wire::ErrorBody)))]
+#[utoipa::path(delete, path = "/tasks/{id}", tag = "tasks", params(("id" = u64, Path, description = "Task id")), responses((status = 200, description = "Cancelled (a running task is interrupted on its worker; with several replicas, the one holding the task does it and this answer waits for it)", body = wire::planner::TaskView), (status = 202, description = "Several replicas: the task is held by another replica, which had not cancelled it within 2 s; the request stands and is carried out when that replica sees it. The body is the task as it stands", body = wire::planner::TaskView), (status = 400, description = "Not a task id", body = wire::ErrorBody), (status = 404, description = "No such task", body = wire::ErrorBody), (status = 409, description = "The task already finished", body = wire::ErrorBody), (status = 503, description = "The shared store could not be reached", body = wire::ErrorBody)))]
 pub async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<TaskId>,
-) -> Result<Json<TaskView>, ApiError> {
+) -> Result<Response, ApiError> {
     state
         .planner
         .cancel(id)
         .await
-        .map(Json)
+        .map(|outcome| match outcome {
+            CancelOutcome::Done(view) => (StatusCode::OK, Json(view)).into_response(),
+            CancelOutcome::Requested(view) => (StatusCode::ACCEPTED, Json(view)).into_response(),
+        })
         .map_err(|err| match err {
             CancelError::NotFound => ApiError::not_found(format!("no task {id}")),
-            CancelError::NotQueued(_) | CancelError::Elsewhere => {
-                ApiError::new(StatusCode::CONFLICT, err.to_string())
-            }
+            CancelError::NotQueued(_) => ApiError::new(StatusCode::CONFLICT, err.to_string()),
             CancelError::Store(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, err.to_string())
             }

@@ -155,6 +155,7 @@ impl Board {
             attempts: task.attempts,
             retried: task.retried,
             attempt_errors: task.attempt_errors.clone(),
+            retry_at_ms: None,
         })
     }
 

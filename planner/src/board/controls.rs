@@ -21,6 +21,9 @@ pub struct Progress {
     pub attempts: u32,
     pub retried: u32,
     pub attempt_errors: Vec<AttemptError>,
+    /// Waiting out a retry's backoff until then (unix ms): stored so that
+    /// a restart (or another replica) does not run it early.
+    pub retry_at_ms: Option<u64>,
 }
 
 /// A worker should stop running a task: it ended on the board meanwhile.
@@ -218,6 +221,7 @@ impl Board {
             attempts: task.attempts,
             retried: task.retried,
             attempt_errors: task.attempt_errors.clone(),
+            retry_at_ms: Some(at),
         });
         effects.requeued.push(id);
         self.delayed.insert((at, id));

@@ -134,12 +134,20 @@ impl Board {
     }
 
     /// Adds tasks to the back of their op's queue (or as they are, if final:
-    /// a restart restoring recent history).
+    /// a restart restoring recent history). A task still waiting out a
+    /// retry's backoff (a restart found it so) waits until its time.
     pub fn insert(&mut self, tasks: impl IntoIterator<Item = Task>) {
+        let now = serve::now_ms();
         for mut task in tasks {
             self.count(&task.op, task.status, 1);
             if task.status.is_final() {
                 self.finished_order.push_back(task.id);
+            } else if let Some(at) = task.retry_at_ms.filter(|at| *at > now) {
+                self.delayed.insert((at, task.id));
+                self.queued += 1;
+                if let Some(deadline) = task.deadline_ms() {
+                    self.deadlines.insert((deadline, task.id));
+                }
             } else {
                 task.retry_at_ms = None;
                 task.queue_seq = QueueKey::back(task.priority(), task.id).seq();

@@ -13,10 +13,6 @@ pub enum CancelError {
     NotFound,
     #[error("the task is {}: only queued and running tasks can be cancelled", .0.as_str())]
     NotQueued(TaskStatus),
-    #[error(
-        "the task runs on another planner replica: only queued tasks and tasks running on the replica answering can be cancelled"
-    )]
-    Elsewhere,
     #[error("the store could not be reached: {0}")]
     Store(String),
 }

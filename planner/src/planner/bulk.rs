@@ -1,11 +1,14 @@
 //! Many tasks per request: batch status, list pages, bulk cancel.
 
+use std::collections::HashSet;
+
 use wire::TaskId;
 use wire::planner::{BatchView, CancelReport, TaskView};
 
 use super::Planner;
 use crate::board::{Effects, TaskFilter};
 use crate::store::StoreError;
+use crate::store::postgres::CancelScope;
 
 /// What to cancel.
 pub enum CancelTarget<'a> {
@@ -14,7 +17,8 @@ pub enum CancelTarget<'a> {
     Queued {
         op: Option<&'a str>,
     },
-    /// Every task running on this planner's workers, of this op if given.
+    /// Every running task, of this op if given (with a shared store, on
+    /// every replica's workers).
     Running {
         op: Option<&'a str>,
     },
@@ -38,14 +42,16 @@ impl Planner {
         Ok(views)
     }
 
-    /// Batch `id` counted by status: from the store (which has all its
-    /// tasks, a running one as queued) with the running ones this planner
-    /// knows of; from the board alone with a memory store. `None` if no
-    /// task of it is kept.
+    /// Batch `id` counted by status: from the SQLite store (which has all
+    /// its tasks, a running one as queued) with the running ones this
+    /// planner knows of; from the PostgreSQL store as it is (a task claimed
+    /// by any replica counts as running there); from the board alone with a
+    /// memory store. `None` if no task of it is kept.
     pub async fn batch(&self, id: TaskId) -> Result<Option<BatchView>, StoreError> {
         let stored = self.store.batch_counts(id).await?;
         let (on_board, running) = self.board().batch_counts(id, stored.is_none());
         let mut by_status = match stored {
+            Some(stored) if self.store.shared().is_some() => stored,
             Some(mut stored) => {
                 if let Some(queued) = stored.get_mut("queued") {
                     let moved = running.min(*queued);
@@ -93,71 +99,81 @@ impl Planner {
             .collect())
     }
 
-    /// Cancels queued tasks in one board operation; waiters, the event
-    /// stream and the store hear about each, as for a single cancel.
+    /// Cancels tasks in one board operation; waiters, the event stream and
+    /// the store hear about each, as for a single cancel. With a shared
+    /// store, queued tasks no replica holds are cancelled in the database,
+    /// and the replicas holding the others are asked to cancel them (the
+    /// answer waits for them up to [`super::CANCEL_WAIT`]; see
+    /// [`super::remote_cancel`]).
     pub async fn cancel_many(&self, target: CancelTarget<'_>) -> Result<CancelReport, StoreError> {
-        let (target_ids, target_op) = match &target {
-            CancelTarget::Ids(ids) => (Some(*ids), None),
-            CancelTarget::Queued { op } => (None, *op),
-            CancelTarget::Running { op } => {
-                let effects = self.board().cancel_running_all(*op);
-                let report = CancelReport {
-                    cancelled: effects.finished.len() as u64,
-                    ..CancelReport::default()
-                };
-                self.apply(effects);
-                return Ok(report);
-            }
-        };
-        let (effects, not_found, mut not_queued) = match target {
+        let (effects, mut not_found, mut not_queued) = match &target {
             CancelTarget::Ids(ids) => {
                 let cancelled = self.board().cancel_ids(ids);
                 (cancelled.effects, cancelled.not_found, cancelled.not_queued)
             }
             CancelTarget::Queued { op } => (
                 Effects {
-                    finished: self.board().cancel_queued(op),
+                    finished: self.board().cancel_queued(*op),
                     ..Effects::default()
                 },
                 Vec::new(),
                 Vec::new(),
             ),
-            CancelTarget::Running { .. } => (Effects::default(), Vec::new(), Vec::new()),
+            CancelTarget::Running { op } => (self.board().cancel_running_all(*op), Vec::new(), Vec::new()),
         };
-        let mut not_found = not_found;
-        // With a shared store, queued tasks no replica has claimed yet are
-        // only in the database.
-        let mut elsewhere = Vec::new();
+        let cancelled_here = effects.finished.len() as u64;
+        // Waiters, the store and the workers to interrupt hear at once, not
+        // after the wait for the other replicas below.
+        self.apply(effects);
+        let mut report = CancelReport {
+            cancelled: cancelled_here,
+            ..CancelReport::default()
+        };
         if let Some(pg) = self.store.shared() {
             let now = serve::now_ms();
-            elsewhere = match &target_ids {
-                Some(_) if not_found.is_empty() => Vec::new(),
-                Some(_) => {
-                    pg.cancel_unclaimed_many(Some(&not_found), None, now)
+            // Queued tasks no replica has claimed are only in the database.
+            let unclaimed = match &target {
+                CancelTarget::Ids(_) if not_found.is_empty() => Vec::new(),
+                CancelTarget::Ids(_) => pg.cancel_unclaimed_many(Some(&not_found), None, now).await?,
+                CancelTarget::Queued { op } => pg.cancel_unclaimed_many(None, *op, now).await?,
+                CancelTarget::Running { .. } => Vec::new(),
+            };
+            let gone: HashSet<TaskId> = unclaimed.iter().map(|t| t.id).collect();
+            not_found.retain(|id| !gone.contains(id));
+            report.cancelled += unclaimed.len() as u64;
+            self.finished_shared(unclaimed.len());
+            for task in &unclaimed {
+                self.answer_waiters(task);
+            }
+            // Those another replica holds: asked of it.
+            let remote = match &target {
+                CancelTarget::Ids(_) => {
+                    self.cancel_held_elsewhere(Some(&not_found), None, CancelScope::Any)
                         .await?
                 }
-                None => pg.cancel_unclaimed_many(None, target_op, now).await?,
+                CancelTarget::Queued { op } => {
+                    self.cancel_held_elsewhere(None, *op, CancelScope::Queued)
+                        .await?
+                }
+                CancelTarget::Running { op } => {
+                    self.cancel_held_elsewhere(None, *op, CancelScope::Running)
+                        .await?
+                }
             };
-            let gone: std::collections::HashSet<TaskId> = elsewhere.iter().map(|t| t.id).collect();
-            not_found.retain(|id| !gone.contains(id));
+            let requested: HashSet<TaskId> = remote.requested.iter().copied().collect();
+            not_found.retain(|id| !requested.contains(id));
+            report.cancelled += remote.cancelled;
+            report.pending = remote.pending;
+            not_queued.extend(remote.finished);
         }
         // Tasks that left memory are finished ones, still in the store.
-        let mut unknown = Vec::new();
         for id in not_found {
             match self.store.get(id).await? {
                 Some(_) => not_queued.push(id),
-                None => unknown.push(id),
+                None => report.not_found.push(id),
             }
         }
-        let report = CancelReport {
-            cancelled: (effects.finished.len() + elsewhere.len()) as u64,
-            not_found: unknown,
-            not_queued,
-        };
-        for task in &elsewhere {
-            self.answer_waiters(task);
-        }
-        self.apply(effects);
+        report.not_queued = not_queued;
         Ok(report)
     }
 }

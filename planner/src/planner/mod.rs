@@ -13,6 +13,7 @@
 mod bulk;
 mod fleet;
 mod push;
+mod remote_cancel;
 mod replicas;
 mod rollout;
 mod tasks;
@@ -20,6 +21,7 @@ mod workers;
 
 pub use bulk::CancelTarget;
 pub use push::Pusher;
+pub use remote_cancel::{CANCEL_WAIT, CancelOutcome};
 pub use replicas::Replica;
 pub use rollout::ModuleError;
 pub use tasks::{MAX_ARGS, SubmitError};

@@ -100,6 +100,7 @@ impl Planner {
         tokio::spawn(self.clone().watch_results_forever());
         tokio::spawn(self.clone().fleet_forever());
         tokio::spawn(self.clone().fleet_events_forever());
+        tokio::spawn(self.clone().cancel_requests_forever());
     }
 
     /// Asks the claim loop to look now (a slot freed, a worker joined).

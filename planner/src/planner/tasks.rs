@@ -8,7 +8,7 @@ use tokio::sync::oneshot;
 use wire::TaskId;
 use wire::planner::{NewTask, TaskView};
 
-use super::Planner;
+use super::{CancelOutcome, Planner};
 use crate::board::{CancelError, Interrupt};
 use crate::events::Event;
 use crate::store::{Idempotency, Insertion, StoreError};
@@ -306,8 +306,10 @@ impl Planner {
     }
 
     /// Cancels a queued task, or a running one (its worker is told to stop
-    /// the call at once).
-    pub async fn cancel(&self, id: TaskId) -> Result<TaskView, CancelError> {
+    /// the call at once). With a shared store, a task another replica holds
+    /// is cancelled by that replica, asked through the database (see
+    /// [`super::remote_cancel`]).
+    pub async fn cancel(&self, id: TaskId) -> Result<CancelOutcome, CancelError> {
         let on_board = self.board().cancel(id);
         let effects = match on_board {
             Err(CancelError::NotFound) if self.replica.is_some() => {
@@ -322,12 +324,13 @@ impl Planner {
                     .map_err(|e| CancelError::Store(e.to_string()))?
                 {
                     Err(CancelError::NotQueued(wire::planner::TaskStatus::Running)) => {
-                        return Err(CancelError::Elsewhere);
+                        return self.cancel_elsewhere(id).await;
                     }
                     other => other?,
                 };
+                self.finished_shared(1);
                 self.answer_waiters(&cancelled);
-                return Ok(cancelled.view(None));
+                return Ok(CancelOutcome::Done(cancelled.view(None)));
             }
             other => other?,
         };
@@ -339,7 +342,7 @@ impl Planner {
         // A running task's slot frees when its worker answers the dispatch
         // (at once, interrupted); that answer pumps.
         self.apply(effects);
-        Ok(view)
+        Ok(CancelOutcome::Done(view))
     }
 
     /// Tells workers to stop the calls of tasks that ended meanwhile
@@ -380,11 +383,13 @@ impl Planner {
         }
     }
 
-    /// Expires the tasks past their deadline that no replica has claimed.
+    /// Expires the tasks past their deadline that no replica has claimed,
+    /// and cancels those whose cancel was asked while a replica held them.
     async fn expire_shared(&self) {
         let Some(pg) = self.store.shared() else {
             return;
         };
+        self.settle_released_cancels().await;
         match pg.expire_unclaimed(serve::now_ms()).await {
             Ok(expired) if !expired.is_empty() => {
                 self.finished_shared(expired.len());

@@ -82,6 +82,9 @@ const CONTROL_COLUMNS: &[(&str, &str)] = &[
     ("deadline_ms", "INTEGER"),
     ("attempt_errors", "TEXT"),
     ("batch", "INTEGER"),
+    // A retry waiting out its backoff, until this time (unix ms): a restart
+    // keeps it waiting.
+    ("retry_at_ms", "INTEGER"),
 ];
 
 fn add_control_columns(conn: &Connection) -> rusqlite::Result<()> {
@@ -206,7 +209,7 @@ fn apply_in_transaction(
              started_at_ms = ?8, finished_at_ms = ?9, retried = ?10, attempt_errors = ?11 WHERE id = ?1",
         )?;
         let mut progress = tx.prepare_cached(
-            "UPDATE tasks SET attempts = ?2, retried = ?3, attempt_errors = ?4 WHERE id = ?1",
+            "UPDATE tasks SET attempts = ?2, retried = ?3, attempt_errors = ?4, retry_at_ms = ?5 WHERE id = ?1",
         )?;
         for (index, write) in batch.iter().enumerate() {
             match write {
@@ -272,7 +275,8 @@ fn apply_in_transaction(
                         p.id as i64,
                         p.attempts,
                         p.retried,
-                        super::errors_json(&p.attempt_errors)
+                        super::errors_json(&p.attempt_errors),
+                        p.retry_at_ms.map(|v| v as i64)
                     ])?;
                 }
                 Write::Expire(expiry, _) => {
@@ -390,7 +394,7 @@ fn expire(
 /// Idempotency keys deleted per expiry step, per finished task deleted.
 const KEYS_PER_TASK_CHUNK: u64 = 8;
 
-const COLUMNS: &str = "id, op, args, status, result, error, worker, digest, attempts, submitted_at_ms, started_at_ms, finished_at_ms, priority, retries, retried, timeout_ms, deadline_ms, attempt_errors, batch";
+const COLUMNS: &str = "id, op, args, status, result, error, worker, digest, attempts, submitted_at_ms, started_at_ms, finished_at_ms, priority, retries, retried, timeout_ms, deadline_ms, attempt_errors, batch, retry_at_ms";
 
 pub fn recover(conn: &Connection, recent_finished: usize) -> rusqlite::Result<Recovered> {
     let counted: Option<i64> = conn
@@ -484,7 +488,7 @@ fn row_to_task(row: &rusqlite::Row<'_>) -> rusqlite::Result<Task> {
         }),
         retried: row.get(14)?,
         attempt_errors: super::errors_from_json(errors.as_deref()),
-        retry_at_ms: None,
+        retry_at_ms: row.get::<_, Option<i64>>(19)?.map(|v| v as u64),
         queue_seq: 0,
     })
 }

@@ -25,6 +25,8 @@ pub struct Wakeups {
     pub finished: Arc<Notify>,
     /// `modules_changed`: a module was stored through some replica.
     pub modules: Arc<Notify>,
+    /// `tasks_cancel`: some replica asked to cancel tasks a replica holds.
+    pub cancel: Arc<Notify>,
 }
 
 /// LISTENs until the process ends, reconnecting with backoff.
@@ -40,6 +42,7 @@ pub async fn listen_forever(target: Target, wake: Wakeups) {
         wake.queued.notify_one();
         wake.finished.notify_one();
         wake.modules.notify_one();
+        wake.cancel.notify_one();
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
@@ -67,17 +70,21 @@ async fn listen(target: &Target, wake: &Wakeups) -> Result<(), PgError> {
         Ok(())
     });
     client
-        .batch_execute("LISTEN tasks_queued; LISTEN tasks_finished; LISTEN modules_changed")
+        .batch_execute(
+            "LISTEN tasks_queued; LISTEN tasks_finished; LISTEN modules_changed; LISTEN tasks_cancel",
+        )
         .await?;
     tracing::debug!("listening for the other replicas' wake-ups");
     wake.queued.notify_one();
     wake.finished.notify_one();
     wake.modules.notify_one();
+    wake.cancel.notify_one();
     while let Some(channel) = rx.recv().await {
         match channel.as_str() {
             "tasks_queued" => wake.queued.notify_one(),
             "tasks_finished" => wake.finished.notify_one(),
             "modules_changed" => wake.modules.notify_one(),
+            "tasks_cancel" => wake.cancel.notify_one(),
             _ => {}
         }
     }

@@ -28,6 +28,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "batches",
         include_str!("../../../migrations/0005_batches.sql"),
     ),
+    (
+        6,
+        "cancel requests",
+        include_str!("../../../migrations/0006_cancel_requests.sql"),
+    ),
 ];
 
 /// The advisory lock key serialising migrations ("planner" in ASCII).

@@ -25,6 +25,7 @@ mod rows;
 mod writer;
 
 pub use connect::Target;
+pub use controls::{CancelScope, RequestState};
 pub use fleet::StoredModule;
 pub use listen::Wakeups;
 pub use replicas::{Demand, Renewal};

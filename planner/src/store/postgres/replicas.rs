@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use wire::TaskId;
 
-use super::rows::{self, COLUMNS};
+use super::rows::{self, COLUMNS, SHOWN_STATUS};
 use super::{PgError, PgStore};
 use crate::board::{CancelError, TaskFilter};
 use crate::task::Task;
@@ -62,13 +62,21 @@ impl PgStore {
                          SELECT t.id AS pid FROM unnest($1::text[], $2::bigint[]) AS w(op, n),
                          LATERAL (SELECT id, priority FROM tasks
                                   WHERE status = 'queued' AND owner IS NULL AND op = w.op
+                                    AND cancel_requested IS NULL
+                                    AND (retry_at_ms IS NULL OR retry_at_ms <= $5)
                                   ORDER BY priority DESC, id LIMIT w.n FOR UPDATE SKIP LOCKED) t
                          ORDER BY t.priority DESC, t.id LIMIT $3)
                      UPDATE tasks SET owner = $4, claim = claim + 1
                      FROM picked WHERE tasks.id = picked.pid AND tasks.owner IS NULL
                      RETURNING claim, {COLUMNS}"
                 ),
-                &[&demand.ops, &demand.per_op, &demand.total, &&*self.owner],
+                &[
+                    &demand.ops,
+                    &demand.per_op,
+                    &demand.total,
+                    &&*self.owner,
+                    &(serve::now_ms() as i64),
+                ],
             )
             .await?;
         tx.commit().await?;
@@ -323,7 +331,7 @@ impl PgStore {
             .query(
                 &format!(
                     "SELECT {COLUMNS} FROM tasks
-                     WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR op = $2)
+                     WHERE ($1::text IS NULL OR {SHOWN_STATUS} = $1) AND ($2::text IS NULL OR op = $2)
                        AND ($3::bigint IS NULL OR id < $3) AND ($4::bigint IS NULL OR submitted_at_ms >= $4)
                      ORDER BY id DESC LIMIT $5"
                 ),

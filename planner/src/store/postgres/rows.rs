@@ -7,7 +7,15 @@ use wire::planner::TaskStatus;
 use crate::task::{Controls, Task};
 
 /// The columns [`to_task`] reads, in its order.
-pub const COLUMNS: &str = "id, op, args::text, status, result, error, worker, digest, attempts, submitted_at_ms, started_at_ms, finished_at_ms, priority, retries, retried, timeout_ms, deadline_ms, attempt_errors::text, batch";
+pub const COLUMNS: &str = "id, op, args::text, status, result, error, worker, digest, attempts, submitted_at_ms, started_at_ms, finished_at_ms, priority, retries, retried, timeout_ms, deadline_ms, attempt_errors::text, batch, retry_at_ms, owner IS NOT NULL";
+
+/// A task's status as the API shows it: a queued task some replica has
+/// claimed is on that replica's board, dispatched as soon as one of its
+/// workers has a free slot (a replica claims at most one task per slot
+/// ahead), so it counts as running. The database itself only ever stores
+/// `queued` for unfinished tasks.
+pub const SHOWN_STATUS: &str =
+    "CASE WHEN status = 'queued' AND owner IS NOT NULL THEN 'running' ELSE status END";
 
 /// The statuses a task is unfinished in, as SQL.
 pub const UNFINISHED: &str = "('queued', 'running')";
@@ -23,7 +31,10 @@ pub fn to_task(row: &Row) -> Result<Task, tokio_postgres::Error> {
 /// [`COLUMNS`] starting at column `at`.
 pub fn to_task_at(row: &Row, at: usize) -> Result<Task, tokio_postgres::Error> {
     let args: String = row.try_get(at + 2)?;
-    let status = status(row.try_get::<_, &str>(at + 3)?);
+    let mut status = status(row.try_get::<_, &str>(at + 3)?);
+    if status == TaskStatus::Queued && row.try_get::<_, bool>(at + 20)? {
+        status = TaskStatus::Running;
+    }
     let result: Option<i64> = row.try_get(at + 4)?;
     let error: Option<String> = row.try_get(at + 5)?;
     let output = match (result, error) {
@@ -57,7 +68,7 @@ pub fn to_task_at(row: &Row, at: usize) -> Result<Task, tokio_postgres::Error> {
         }),
         retried: row.try_get::<_, i32>(at + 14)?.max(0) as u32,
         attempt_errors: crate::store::errors_from_json(row.try_get::<_, Option<&str>>(at + 17)?),
-        retry_at_ms: None,
+        retry_at_ms: row.try_get::<_, Option<i64>>(at + 19)?.map(|v| v as u64),
         queue_seq: 0,
     })
 }

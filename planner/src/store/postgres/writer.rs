@@ -200,7 +200,9 @@ async fn apply(
         let mut retried = Vec::with_capacity(progress.len());
         let mut errors = Vec::with_capacity(progress.len());
         let mut held = Vec::with_capacity(progress.len());
+        let mut retry_at = Vec::with_capacity(progress.len());
         for (id, p) in &progress {
+            retry_at.push(p.retry_at_ms.map(|v| v as i64));
             ids.push(*id as i64);
             counts.push(p.attempts as i32);
             retried.push(p.retried as i32);
@@ -208,11 +210,13 @@ async fn apply(
             held.push(claims.of(*id));
         }
         tx.execute(
-            "UPDATE tasks SET attempts = a.n, retried = a.retried, attempt_errors = a.errors::jsonb
-             FROM unnest($1::bigint[], $2::int[], $3::bigint[], $4::int[], $5::text[]) AS a(id, n, claim, retried, errors)
+            "UPDATE tasks SET attempts = a.n, retried = a.retried, attempt_errors = a.errors::jsonb,
+                 retry_at_ms = a.retry_at
+             FROM unnest($1::bigint[], $2::int[], $3::bigint[], $4::int[], $5::text[], $7::bigint[])
+                  AS a(id, n, claim, retried, errors, retry_at)
              WHERE tasks.id = a.id AND tasks.owner = $6 AND tasks.claim = a.claim
                AND tasks.status IN ('queued', 'running')",
-            &[&ids, &counts, &held, &retried, &errors, &owner],
+            &[&ids, &counts, &held, &retried, &errors, &owner, &retry_at],
         )
         .await?;
     }
