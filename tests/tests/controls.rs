@@ -633,3 +633,70 @@ async fn a_task_running_on_another_replica_is_cancelled_through_any_replica() ->
     add_runs_on_w1(&holder).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_retry_waiting_out_its_backoff_still_waits_after_a_planner_restart() -> anyhow::Result<()> {
+    let backoff_ms: u64 = 5000;
+    let backoff = backoff_ms.to_string();
+    let env = [("RETRY_BACKOFF_MS", backoff.as_str())];
+    let mut system = System::with_workers(&env, 1, &[("OPS", "mul")]).await?;
+    let worker = system.worker("w1").url();
+    let put = |module: &str| {
+        let bytes = std::fs::read(fixture(module));
+        let request = system.client.put(format!("{worker}/ops/mul"));
+        async move {
+            let response = request.body(bytes?).send().await?;
+            anyhow::ensure!(response.status().is_success(), "{}", response.status());
+            anyhow::Ok(())
+        }
+    };
+    // v2 overflows on i64::MAX * 1: the first attempt fails, the retry
+    // waits out its backoff.
+    put("mul_v2").await?;
+    let id = system
+        .submit_ids(&json!({"op": "mul", "args": [i64::MAX, 1], "retries": 1}))
+        .await?[0];
+    let waiting = poll(Duration::from_secs(20), "the first attempt to fail", || async {
+        system
+            .task(id)
+            .await
+            .ok()
+            .filter(|v| v.attempt_errors.len() == 1 && v.retry_at_ms.is_some())
+    })
+    .await?;
+    let retry_at = waiting.retry_at_ms.unwrap_or_default();
+    put("mul").await?;
+
+    // A crash and a restart in the middle of the backoff.
+    system.planner.kill();
+    system.planner.wait(Duration::from_secs(10)).await?;
+    system.restart_planner(&env).await?;
+    system.wait_for_workers(1).await?;
+    let restarted = system.task(id).await?;
+    assert!(
+        serve_now_ms() < retry_at,
+        "the restart took longer than the backoff: the test shows nothing"
+    );
+    assert_eq!(restarted.status, TaskStatus::Queued, "{restarted:?}");
+    assert_eq!(restarted.retry_at_ms, Some(retry_at), "{restarted:?}");
+
+    let done = system
+        .wait_final(&[id], Duration::from_secs(60))
+        .await?
+        .remove(0);
+    assert_eq!((done.status, done.result), (TaskStatus::Done, Some(i64::MAX)), "{done:?}");
+    let started = done.started_at_ms.unwrap_or_default();
+    assert!(
+        started >= retry_at,
+        "the retry ran {} ms before its backoff ended: {done:?}",
+        retry_at - started
+    );
+    assert_eq!((done.attempts, done.retried), (2, 1), "{done:?}");
+    Ok(())
+}
+
+fn serve_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

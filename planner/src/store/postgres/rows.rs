@@ -12,10 +12,12 @@ pub const COLUMNS: &str = "id, op, args::text, status, result, error, worker, di
 /// A task's status as the API shows it: a queued task some replica has
 /// claimed is on that replica's board, dispatched as soon as one of its
 /// workers has a free slot (a replica claims at most one task per slot
-/// ahead), so it counts as running. The database itself only ever stores
-/// `queued` for unfinished tasks.
-pub const SHOWN_STATUS: &str =
-    "CASE WHEN status = 'queued' AND owner IS NOT NULL THEN 'running' ELSE status END";
+/// ahead), so it counts as running, unless it is waiting out a retry's
+/// backoff. The database itself only ever stores `queued` for unfinished
+/// tasks. ([`to_task_at`] decides the same.)
+pub const SHOWN_STATUS: &str = "CASE WHEN status = 'queued' AND owner IS NOT NULL
+         AND (retry_at_ms IS NULL OR retry_at_ms <= (extract(epoch FROM clock_timestamp()) * 1000)::bigint)
+     THEN 'running' ELSE status END";
 
 /// The statuses a task is unfinished in, as SQL.
 pub const UNFINISHED: &str = "('queued', 'running')";
@@ -32,7 +34,9 @@ pub fn to_task(row: &Row) -> Result<Task, tokio_postgres::Error> {
 pub fn to_task_at(row: &Row, at: usize) -> Result<Task, tokio_postgres::Error> {
     let args: String = row.try_get(at + 2)?;
     let mut status = status(row.try_get::<_, &str>(at + 3)?);
-    if status == TaskStatus::Queued && row.try_get::<_, bool>(at + 20)? {
+    let retry_at_ms = row.try_get::<_, Option<i64>>(at + 19)?.map(|v| v as u64);
+    let backing_off = retry_at_ms.is_some_and(|at| at > serve::now_ms());
+    if status == TaskStatus::Queued && row.try_get::<_, bool>(at + 20)? && !backing_off {
         status = TaskStatus::Running;
     }
     let result: Option<i64> = row.try_get(at + 4)?;
@@ -68,7 +72,7 @@ pub fn to_task_at(row: &Row, at: usize) -> Result<Task, tokio_postgres::Error> {
         }),
         retried: row.try_get::<_, i32>(at + 14)?.max(0) as u32,
         attempt_errors: crate::store::errors_from_json(row.try_get::<_, Option<&str>>(at + 17)?),
-        retry_at_ms: row.try_get::<_, Option<i64>>(at + 19)?.map(|v| v as u64),
+        retry_at_ms,
         queue_seq: 0,
     })
 }
