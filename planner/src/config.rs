@@ -155,6 +155,20 @@ pub struct ServeConfig {
     /// 5 minutes.
     #[arg(long, env = "RETRY_BACKOFF_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(0..=300_000))]
     pub retry_backoff_ms: u64,
+    /// How long an `Idempotency-Key` is remembered (a repeat within it
+    /// queues nothing), e.g. `24h`; never longer than RESULT_TTL when that
+    /// is set (a replay must find its tasks). Kept bounded even when
+    /// RESULT_TTL is 0: every key a client sends takes a row.
+    #[arg(long, env = "IDEMPOTENCY_TTL", default_value = "24h", value_parser = parse_key_ttl)]
+    pub idempotency_ttl: std::time::Duration,
+}
+
+fn parse_key_ttl(text: &str) -> Result<std::time::Duration, String> {
+    let ttl = parse_ttl(text)?;
+    if ttl.is_zero() {
+        return Err("must be above 0 (keys must expire; e.g. 24h)".into());
+    }
+    Ok(ttl)
 }
 
 fn parse_ttl(text: &str) -> Result<std::time::Duration, String> {
@@ -208,6 +222,7 @@ impl std::fmt::Debug for ServeConfig {
             .field("max_attempts", &self.max_attempts)
             .field("result_ttl", &self.result_ttl)
             .field("result_limit", &self.result_limit)
+            .field("idempotency_ttl", &self.idempotency_ttl)
             .finish_non_exhaustive()
     }
 }

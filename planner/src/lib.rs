@@ -105,6 +105,7 @@ pub async fn serve_with(
         retention::Policy {
             ttl: config.result_ttl,
             keep_at_most: (config.result_limit > 0).then_some(config.result_limit),
+            idempotency_ttl: config.idempotency_ttl,
         },
     ));
     let state = api::AppState {

@@ -1,7 +1,8 @@
 //! Retention: finished tasks are deleted after `RESULT_TTL` (and beyond
 //! `RESULT_LIMIT` of them), from memory and from the store, a chunk at a
 //! time, so the planner's memory and disk stop growing with the number of
-//! tasks it ever ran.
+//! tasks it ever ran; idempotency keys after `IDEMPOTENCY_TTL` (at most
+//! `RESULT_TTL`), always, as every key a client sends takes a row.
 //!
 //! Each chunk is one short transaction through the store's writer, grouped
 //! with whatever submissions and results are waiting: nothing waits behind
@@ -23,28 +24,31 @@ pub struct Policy {
     pub ttl: Duration,
     /// Most finished tasks kept in the store; `None` for no cap.
     pub keep_at_most: Option<u64>,
+    /// How long idempotency keys are kept (above zero).
+    pub idempotency_ttl: Duration,
 }
 
 impl Policy {
-    pub fn is_active(&self) -> bool {
-        !self.ttl.is_zero() || self.keep_at_most.is_some()
+    /// The keys' window: theirs, but never longer than the results' (a
+    /// replayed submission must find its tasks).
+    fn key_ttl(&self) -> Duration {
+        if self.ttl.is_zero() {
+            self.idempotency_ttl
+        } else {
+            self.idempotency_ttl.min(self.ttl)
+        }
     }
 
-    /// How often a pass runs: a tenth of the TTL, between 100 ms and 10 s,
-    /// so a task outlives its TTL by at most about a tenth of it.
+    /// How often a pass runs: a tenth of the shorter TTL, between 100 ms
+    /// and 10 s, so a task or a key outlives its TTL by at most about a
+    /// tenth of it.
     fn interval(&self) -> Duration {
-        if self.ttl.is_zero() {
-            return Duration::from_secs(10);
-        }
-        (self.ttl / 10).clamp(Duration::from_millis(100), Duration::from_secs(10))
+        (self.key_ttl() / 10).clamp(Duration::from_millis(100), Duration::from_secs(10))
     }
 }
 
 /// Runs passes until the process ends.
 pub async fn run(planner: Arc<Planner>, policy: Policy) {
-    if !policy.is_active() {
-        return;
-    }
     let keep_at_most = policy
         .keep_at_most
         .filter(|_| planner.store().supports_count_cap());
@@ -73,6 +77,9 @@ pub async fn run(planner: Arc<Planner>, policy: Policy) {
             finished_before_ms: before_ms,
             keep_at_most,
             chunk: CHUNK,
+            keys_before_ms: Some(
+                serve::now_ms().saturating_sub(policy.key_ttl().as_millis() as u64),
+            ),
         };
         let mut deleted = 0;
         loop {

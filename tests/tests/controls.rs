@@ -700,3 +700,53 @@ fn serve_now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
+
+#[tokio::test]
+async fn idempotency_keys_expire_on_their_own_window_even_when_results_are_kept_forever()
+-> anyhow::Result<()> {
+    let key_ttl = Duration::from_secs(2);
+    let system = System::with_workers(
+        &[("RESULT_TTL", "0"), ("IDEMPOTENCY_TTL", "2s")],
+        1,
+        &[],
+    )
+    .await?;
+    let task = json!({"op": "mul", "args": [6, 7]});
+    let stored_at = Instant::now();
+    let (status, first, replayed) = submit_keyed(&system, "nightly-report", &task).await?;
+    assert_eq!((status, replayed), (202, false), "{first}");
+    let (_, again, replayed) = submit_keyed(&system, "nightly-report", &task).await?;
+    if stored_at.elapsed() < key_ttl {
+        assert!(replayed, "a repeat within the window is a replay: {again}");
+        assert_eq!(again["ids"], first["ids"]);
+    }
+    // Past the window the key is forgotten: the same submission is new
+    // work. The first task's result is still kept (RESULT_TTL=0).
+    let fresh = poll(Duration::from_secs(30), "the key to expire", || async {
+        let (status, body, replayed) = submit_keyed(&system, "nightly-report", &task)
+            .await
+            .ok()?;
+        (status == 202 && !replayed).then_some(body)
+    })
+    .await?;
+    assert!(stored_at.elapsed() >= key_ttl, "forgotten before its window ended");
+    assert_ne!(fresh["ids"], first["ids"], "{fresh}");
+    let first_id: TaskId = serde_json::from_value(first["ids"][0].clone())?;
+    let kept = system.wait_final(&[first_id], Duration::from_secs(20)).await?;
+    assert_eq!(kept[0].result, Some(42));
+    // The window must be bounded: zero is refused at start.
+    let refused = e2e::planner_command()?
+        .env("IDEMPOTENCY_TTL", "0")
+        .env("PORT", "0")
+        .env("DATA_DIR", system.dir.path().join("refused"))
+        .output()
+        .await?;
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("IDEMPOTENCY_TTL")
+            || String::from_utf8_lossy(&refused.stderr).contains("idempotency"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    Ok(())
+}

@@ -87,6 +87,10 @@ pub struct Expiry {
     pub keep_at_most: Option<u64>,
     /// Most rows deleted in this step (one short transaction).
     pub chunk: usize,
+    /// Idempotency keys stored before this time (unix ms) are deleted too
+    /// (IDEMPOTENCY_TTL, its own window: keys stay bounded even when
+    /// results are kept forever).
+    pub keys_before_ms: Option<u64>,
 }
 
 /// An idempotency key as stored: digests only, so any bytes a client sends
@@ -370,13 +374,16 @@ impl Store {
     /// results never wait behind a long delete.
     pub async fn expire(&self, expiry: Expiry) -> Result<u64, StoreError> {
         if let Some(pg) = &self.postgres {
-            let Some(before) = expiry.finished_before_ms else {
-                return Ok(0);
-            };
-            return Ok(pg_retention::expire(pg.pool(), before, expiry.chunk).await?);
+            return Ok(pg_retention::expire(
+                pg.pool(),
+                expiry.finished_before_ms,
+                expiry.keys_before_ms,
+                expiry.chunk,
+            )
+            .await?);
         }
         let Some(writer) = &self.writer else {
-            if let Some(before) = expiry.finished_before_ms {
+            if let Some(before) = expiry.keys_before_ms {
                 self.memory_keys
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())

@@ -42,29 +42,42 @@ pub async fn prepare(pool: &Pool) -> Result<(), PgError> {
     Ok(())
 }
 
-/// Deletes up to `chunk` tasks that finished before `before_ms` (unix ms);
-/// returns how many.
-pub async fn expire(pool: &Pool, before_ms: u64, chunk: usize) -> Result<u64, PgError> {
+/// Deletes up to `chunk` tasks that finished before `before_ms` (unix ms),
+/// and idempotency keys stored before `keys_before_ms`; returns how many
+/// tasks.
+pub async fn expire(
+    pool: &Pool,
+    before_ms: Option<u64>,
+    keys_before_ms: Option<u64>,
+    chunk: usize,
+) -> Result<u64, PgError> {
     let client = pool.get().await?;
-    let deleted = client
-        .execute(
-            "DELETE FROM tasks WHERE id IN (
-                SELECT id FROM tasks
-                WHERE status NOT IN ('queued', 'running') AND finished_at_ms < $1
-                ORDER BY finished_at_ms LIMIT $2
-                FOR UPDATE SKIP LOCKED)",
-            &[&(before_ms as i64), &(chunk as i64)],
-        )
-        .await?;
-    // Idempotency keys live as long as results; small rows, so a larger
-    // step keeps up with many keyed submissions per second.
-    client
-        .execute(
-            "DELETE FROM idempotency WHERE key IN (
-                SELECT key FROM idempotency WHERE created_at_ms < $1 LIMIT $2
-                FOR UPDATE SKIP LOCKED)",
-            &[&(before_ms as i64), &(8 * chunk as i64)],
-        )
-        .await?;
+    let deleted = match before_ms {
+        Some(before_ms) => {
+            client
+                .execute(
+                    "DELETE FROM tasks WHERE id IN (
+                        SELECT id FROM tasks
+                        WHERE status NOT IN ('queued', 'running') AND finished_at_ms < $1
+                        ORDER BY finished_at_ms LIMIT $2
+                        FOR UPDATE SKIP LOCKED)",
+                    &[&(before_ms as i64), &(chunk as i64)],
+                )
+                .await?
+        }
+        None => 0,
+    };
+    // Idempotency keys have their own window (IDEMPOTENCY_TTL); small rows,
+    // so a larger step keeps up with many keyed submissions per second.
+    if let Some(keys_before_ms) = keys_before_ms {
+        client
+            .execute(
+                "DELETE FROM idempotency WHERE key IN (
+                    SELECT key FROM idempotency WHERE created_at_ms < $1 LIMIT $2
+                    FOR UPDATE SKIP LOCKED)",
+                &[&(keys_before_ms as i64), &(8 * chunk as i64)],
+            )
+            .await?;
+    }
     Ok(deleted)
 }

@@ -342,8 +342,8 @@ fn expire(
             WHERE status NOT IN ('queued', 'running')
             ORDER BY finished_at_ms LIMIT ?1)",
     )?;
-    // Idempotency keys live as long as results: past RESULT_TTL, or once
-    // the tasks they named are all gone (RESULT_LIMIT).
+    // Idempotency keys live for IDEMPOTENCY_TTL (at most RESULT_TTL), or
+    // until the tasks they named are all gone (RESULT_LIMIT).
     let mut keys_by_age = tx.prepare_cached(
         "DELETE FROM idempotency WHERE key IN (
             SELECT key FROM idempotency WHERE created_at_ms < ?1 LIMIT ?2)",
@@ -353,13 +353,13 @@ fn expire(
             SELECT key FROM idempotency WHERE first_id < (SELECT min(id) FROM tasks) LIMIT ?1)",
     )?;
     let chunk = expiry.chunk as u64;
+    if let Some(cutoff) = expiry.keys_before_ms {
+        // Keys are small rows: a larger step, so keys keep up with a
+        // planner taking many keyed submissions per second.
+        keys_by_age.execute(params![cutoff as i64, (KEYS_PER_TASK_CHUNK * chunk) as i64])?;
+    }
     let mut deleted = match expiry.finished_before_ms {
-        Some(cutoff) => {
-            // Keys are small rows: a larger step, so keys keep up with a
-            // planner taking many keyed submissions per second.
-            keys_by_age.execute(params![cutoff as i64, (KEYS_PER_TASK_CHUNK * chunk) as i64])?;
-            by_age.execute(params![cutoff as i64, chunk as i64])? as u64
-        }
+        Some(cutoff) => by_age.execute(params![cutoff as i64, chunk as i64])? as u64,
         None => 0,
     };
     if let Some(n) = &mut retained.finished_rows {
@@ -545,6 +545,7 @@ mod tests {
             finished_before_ms: Some(1031),
             keep_at_most: None,
             chunk: 20,
+            keys_before_ms: None,
         };
         assert_eq!(expire_once(&mut conn, &mut retained, by_age), 20);
         assert_eq!(expire_once(&mut conn, &mut retained, by_age), 10);
@@ -554,6 +555,7 @@ mod tests {
             finished_before_ms: None,
             keep_at_most: Some(50),
             chunk: 1000,
+            keys_before_ms: None,
         };
         assert_eq!(expire_once(&mut conn, &mut retained, by_count), 20);
         let left = ids(&conn);
@@ -631,8 +633,20 @@ mod tests {
             finished_before_ms: Some(100),
             keep_at_most: None,
             chunk: 10,
+            keys_before_ms: None,
         };
         assert_eq!(expire_once(&mut conn, &mut Retained::default(), all), 1);
+        // Keys have their own window: kept above, deleted by it alone
+        // (RESULT_TTL=0 deletes no task).
+        assert!(idempotent(&conn, "k").expect("read").is_some());
+        let keys = Expiry {
+            finished_before_ms: None,
+            keep_at_most: None,
+            chunk: 10,
+            keys_before_ms: Some(31),
+        };
+        assert_eq!(expire_once(&mut conn, &mut Retained::default(), keys), 0);
+        assert_eq!(idempotent(&conn, "k").expect("read"), None);
     }
 
     #[test]
@@ -671,6 +685,7 @@ mod tests {
             finished_before_ms: Some(u64::MAX >> 1),
             keep_at_most: None,
             chunk: 100_000,
+            keys_before_ms: None,
         };
         assert_eq!(expire_once(&mut conn, &mut retained, all), 20_000);
         // Each pass returns a bounded number of pages.
