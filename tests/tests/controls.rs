@@ -504,9 +504,7 @@ async fn a_batch_is_followed_as_one_unit_by_its_id() -> anyhow::Result<()> {
 /// Two planner replicas on one PostgreSQL database: `holder` with the
 /// spinning worker `w1` (so it claims and runs every task), `asked` with
 /// no worker. Returned with the database last, so it outlives them.
-async fn two_replicas(
-    lease_ms: &str,
-) -> anyhow::Result<(System, System, e2e::postgres::Database)> {
+async fn two_replicas(lease_ms: &str) -> anyhow::Result<(System, System, e2e::postgres::Database)> {
     let db = e2e::postgres::database().await?;
     let env = [
         ("STORE", "postgres"),
@@ -534,7 +532,11 @@ async fn two_replicas(
 
 /// Submits a spinning task to `asked` and waits until `holder`'s worker
 /// runs it.
-async fn spin_held_elsewhere(holder: &System, asked: &System, body: &Value) -> anyhow::Result<TaskId> {
+async fn spin_held_elsewhere(
+    holder: &System,
+    asked: &System,
+    body: &Value,
+) -> anyhow::Result<TaskId> {
     let (status, accepted) = asked.submit(body).await?;
     anyhow::ensure!(status == 202, "{status} {accepted}");
     let id: TaskId = serde_json::from_value(accepted["ids"][0].clone())?;
@@ -543,7 +545,8 @@ async fn spin_held_elsewhere(holder: &System, asked: &System, body: &Value) -> a
 }
 
 #[tokio::test]
-async fn a_task_running_on_another_replica_is_cancelled_through_any_replica() -> anyhow::Result<()> {
+async fn a_task_running_on_another_replica_is_cancelled_through_any_replica() -> anyhow::Result<()>
+{
     let (holder, asked, _db) = two_replicas("1000").await?;
 
     // A batch (of one spinning task) run by the other replica counts as
@@ -614,7 +617,8 @@ async fn a_task_running_on_another_replica_is_cancelled_through_any_replica() ->
 
     // A bulk cancel of queued tasks leaves the running one alone, and
     // takes the queued one wherever it waits.
-    let running = spin_held_elsewhere(&holder, &asked, &json!({"op": "spin", "args": [7, 8]})).await?;
+    let running =
+        spin_held_elsewhere(&holder, &asked, &json!({"op": "spin", "args": [7, 8]})).await?;
     let queued = asked
         .submit_ids(&json!({"op": "spin", "args": [9, 10]}))
         .await?[0];
@@ -635,7 +639,8 @@ async fn a_task_running_on_another_replica_is_cancelled_through_any_replica() ->
 }
 
 #[tokio::test]
-async fn a_retry_waiting_out_its_backoff_still_waits_after_a_planner_restart() -> anyhow::Result<()> {
+async fn a_retry_waiting_out_its_backoff_still_waits_after_a_planner_restart() -> anyhow::Result<()>
+{
     let backoff_ms: u64 = 5000;
     let backoff = backoff_ms.to_string();
     let env = [("RETRY_BACKOFF_MS", backoff.as_str())];
@@ -656,13 +661,17 @@ async fn a_retry_waiting_out_its_backoff_still_waits_after_a_planner_restart() -
     let id = system
         .submit_ids(&json!({"op": "mul", "args": [i64::MAX, 1], "retries": 1}))
         .await?[0];
-    let waiting = poll(Duration::from_secs(20), "the first attempt to fail", || async {
-        system
-            .task(id)
-            .await
-            .ok()
-            .filter(|v| v.attempt_errors.len() == 1 && v.retry_at_ms.is_some())
-    })
+    let waiting = poll(
+        Duration::from_secs(20),
+        "the first attempt to fail",
+        || async {
+            system
+                .task(id)
+                .await
+                .ok()
+                .filter(|v| v.attempt_errors.len() == 1 && v.retry_at_ms.is_some())
+        },
+    )
     .await?;
     let retry_at = waiting.retry_at_ms.unwrap_or_default();
     put("mul").await?;
@@ -684,7 +693,11 @@ async fn a_retry_waiting_out_its_backoff_still_waits_after_a_planner_restart() -
         .wait_final(&[id], Duration::from_secs(60))
         .await?
         .remove(0);
-    assert_eq!((done.status, done.result), (TaskStatus::Done, Some(i64::MAX)), "{done:?}");
+    assert_eq!(
+        (done.status, done.result),
+        (TaskStatus::Done, Some(i64::MAX)),
+        "{done:?}"
+    );
     let started = done.started_at_ms.unwrap_or_default();
     assert!(
         started >= retry_at,
@@ -705,12 +718,8 @@ fn serve_now_ms() -> u64 {
 async fn idempotency_keys_expire_on_their_own_window_even_when_results_are_kept_forever()
 -> anyhow::Result<()> {
     let key_ttl = Duration::from_secs(2);
-    let system = System::with_workers(
-        &[("RESULT_TTL", "0"), ("IDEMPOTENCY_TTL", "2s")],
-        1,
-        &[],
-    )
-    .await?;
+    let system =
+        System::with_workers(&[("RESULT_TTL", "0"), ("IDEMPOTENCY_TTL", "2s")], 1, &[]).await?;
     let task = json!({"op": "mul", "args": [6, 7]});
     let stored_at = Instant::now();
     let (status, first, replayed) = submit_keyed(&system, "nightly-report", &task).await?;
@@ -723,16 +732,19 @@ async fn idempotency_keys_expire_on_their_own_window_even_when_results_are_kept_
     // Past the window the key is forgotten: the same submission is new
     // work. The first task's result is still kept (RESULT_TTL=0).
     let fresh = poll(Duration::from_secs(30), "the key to expire", || async {
-        let (status, body, replayed) = submit_keyed(&system, "nightly-report", &task)
-            .await
-            .ok()?;
+        let (status, body, replayed) = submit_keyed(&system, "nightly-report", &task).await.ok()?;
         (status == 202 && !replayed).then_some(body)
     })
     .await?;
-    assert!(stored_at.elapsed() >= key_ttl, "forgotten before its window ended");
+    assert!(
+        stored_at.elapsed() >= key_ttl,
+        "forgotten before its window ended"
+    );
     assert_ne!(fresh["ids"], first["ids"], "{fresh}");
     let first_id: TaskId = serde_json::from_value(first["ids"][0].clone())?;
-    let kept = system.wait_final(&[first_id], Duration::from_secs(20)).await?;
+    let kept = system
+        .wait_final(&[first_id], Duration::from_secs(20))
+        .await?;
     assert_eq!(kept[0].result, Some(42));
     // The window must be bounded: zero is refused at start.
     let refused = e2e::planner_command()?

@@ -119,7 +119,9 @@ impl Planner {
                 Vec::new(),
                 Vec::new(),
             ),
-            CancelTarget::Running { op } => (self.board().cancel_running_all(*op), Vec::new(), Vec::new()),
+            CancelTarget::Running { op } => {
+                (self.board().cancel_running_all(*op), Vec::new(), Vec::new())
+            }
         };
         let cancelled_here = effects.finished.len() as u64;
         // Waiters, the store and the workers to interrupt hear at once, not
@@ -134,7 +136,10 @@ impl Planner {
             // Queued tasks no replica has claimed are only in the database.
             let unclaimed = match &target {
                 CancelTarget::Ids(_) if not_found.is_empty() => Vec::new(),
-                CancelTarget::Ids(_) => pg.cancel_unclaimed_many(Some(&not_found), None, now).await?,
+                CancelTarget::Ids(_) => {
+                    pg.cancel_unclaimed_many(Some(&not_found), None, now)
+                        .await?
+                }
                 CancelTarget::Queued { op } => pg.cancel_unclaimed_many(None, *op, now).await?,
                 CancelTarget::Running { .. } => Vec::new(),
             };
