@@ -110,18 +110,18 @@ impl Api {
     }
 
     /// `POST /tasks`, with an `Idempotency-Key` if given: a repeat of the
-    /// same submission answers the first one's ids.
+    /// same submission answers the first one's ids. The answer has the
+    /// ids and the batch's id.
     pub async fn submit_keyed(
         &self,
         tasks: &[NewTask],
         key: Option<&str>,
-    ) -> Result<Vec<TaskId>, ApiError> {
+    ) -> Result<Accepted, ApiError> {
         let mut request = self.request(Method::POST, "/tasks").json(tasks);
         if let Some(key) = key {
             request = request.header("Idempotency-Key", key);
         }
-        let accepted: Accepted = self.json(request).await?;
-        Ok(accepted.ids)
+        self.json(request).await
     }
 
     /// `POST /tasks?wait=true` for one task: the finished task (also when it
@@ -179,6 +179,12 @@ impl Api {
 
     pub async fn cancel(&self, request: &CancelRequest) -> Result<CancelReport, ApiError> {
         self.json(self.request(Method::POST, "/tasks/cancel").json(request))
+            .await
+    }
+
+    /// `GET /batches/{id}`: a batch's tasks counted by status.
+    pub async fn batch(&self, id: TaskId) -> Result<wire::planner::BatchView, ApiError> {
+        self.json(self.request(Method::GET, &format!("/batches/{id}")))
             .await
     }
 

@@ -70,6 +70,8 @@ pub enum Command {
     },
     /// Cancel queued tasks: by id, or every one matching a filter.
     Cancel(Cancel),
+    /// Follow a batch submission (its id: `batch` in the submission's answer) until it has finished.
+    Batch(Batch),
     /// The fleet: workers by flavor, their ops with digests, busy slots.
     Workers,
     /// Fleet modules (digests, rollout progress); `ops put NAME FILE.wasm` rolls one out.
@@ -125,7 +127,7 @@ pub struct Controls {
     #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(-10..=10))]
     pub priority: Option<i64>,
     /// Names this submission: repeating it (same key, same tasks) within the
-    /// planner's RESULT_TTL answers the first one's ids and runs nothing new.
+    /// planner's IDEMPOTENCY_TTL answers the first one's ids and runs nothing new.
     #[arg(long, value_name = "KEY", value_parser = parse_key)]
     pub idempotency_key: Option<String>,
 }
@@ -213,6 +215,19 @@ pub struct Cancel {
     /// Cancel every queued (or, with `--status running`, running) task of this op.
     #[arg(long)]
     pub op: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct Batch {
+    /// The batch's id (its first task's id).
+    #[arg(value_name = "ID")]
+    pub id: TaskId,
+    /// Print the counts as they are now; do not wait.
+    #[arg(long)]
+    pub once: bool,
+    /// Give up waiting after this long (e.g. `30s`, `10m`); 0 waits forever.
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
 }
 
 #[derive(Debug, Subcommand)]

@@ -59,6 +59,7 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Ls(args) => commands::tasks::list(&api, args, output).await,
         Command::Wait { ids, follow } => commands::tasks::wait(&api, &ids, follow, output).await,
         Command::Cancel(args) => commands::tasks::cancel(&api, args, output).await,
+        Command::Batch(args) => commands::batch::run(&api, args, output).await,
         Command::Workers => commands::fleet::workers(&api, output).await,
         Command::Ops { action: None } => commands::fleet::ops(&api, output).await,
         Command::Ops {

@@ -764,3 +764,82 @@ async fn submit_sets_the_task_controls() -> Result<()> {
     assert_eq!(bad.code, 2, "{bad:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn batch_follows_a_submission_by_its_id_to_the_end() -> Result<()> {
+    let system = System::with_workers(&[], 1, &[("WORK_MS", "50")]).await?;
+    // Eight adds and a mul whose deadline passes before it can run.
+    let ndjson: String = (0..8)
+        .map(|i| format!("{}\n", json!({"op": "add", "args": [i, 1]})))
+        .chain([format!(
+            "{}\n",
+            json!({"op": "mul", "args": [2, 3], "timeout_ms": 1})
+        )])
+        .collect();
+    let file = system.dir.path().join("batch.ndjson");
+    std::fs::write(&file, &ndjson)?;
+    let submitted: Value = workers(
+        &system,
+        &["submit", "--file", &file.to_string_lossy(), "-o", "json"],
+    )
+    .await?
+    .ok()?
+    .json()?;
+    let batch = submitted["batches"][0]
+        .as_u64()
+        .with_context(|| format!("no batch id: {submitted}"))?
+        .to_string();
+    assert_eq!(submitted["ids"][0].to_string(), batch, "{submitted}");
+
+    let followed = workers(&system, &["batch", &batch, "-o", "json"]).await?;
+    assert_eq!(followed.code, 3, "one task expired: {followed:?}");
+    let view: wire::planner::BatchView = followed.json()?;
+    assert!(view.finished, "{view:?}");
+    assert_eq!(view.total, 9);
+    assert_eq!(
+        serde_json::to_value(&view.by_status)?,
+        json!({"done": 8, "expired": 1}),
+        "{view:?}"
+    );
+    let text = workers(&system, &["batch", &batch]).await?;
+    assert_eq!(text.code, 3, "{text:?}");
+    assert!(
+        text.stdout.contains("9 tasks, 8 done, 1 expired; finished"),
+        "{text:?}"
+    );
+    assert!(
+        text.one_error_line().contains("1 of 9 tasks of batch"),
+        "{text:?}"
+    );
+
+    // A batch that cannot finish (no worker offers `pow`): `--once` shows
+    // it as it is, `--timeout` gives up with one line.
+    let mut cmd = client(&system.planner.url())?;
+    cmd.args(["submit", "--file", "-", "-o", "json"]);
+    let pow = format!(
+        "{}\n{}\n",
+        json!({"op": "pow", "args": [2, 3]}),
+        json!({"op": "pow", "args": [2, 4]})
+    );
+    let stuck: Value = run_cmd(cmd, Some(&pow)).await?.ok()?.json()?;
+    let stuck = stuck["batches"][0].to_string();
+    let once: wire::planner::BatchView =
+        workers(&system, &["batch", &stuck, "--once", "-o", "json"])
+            .await?
+            .ok()?
+            .json()?;
+    assert!(!once.finished, "{once:?}");
+    assert_eq!(serde_json::to_value(&once.by_status)?, json!({"queued": 2}));
+    let gave_up = workers(&system, &["batch", &stuck, "--timeout", "300ms"]).await?;
+    assert_eq!(gave_up.code, 1, "{gave_up:?}");
+    assert!(
+        gave_up
+            .one_error_line()
+            .contains("not finished after 300ms: 2 queued"),
+        "{gave_up:?}"
+    );
+    let unknown = workers(&system, &["batch", "999999999999"]).await?;
+    assert_eq!(unknown.code, 1, "{unknown:?}");
+    assert!(unknown.one_error_line().contains("no batch"), "{unknown:?}");
+    Ok(())
+}

@@ -279,6 +279,76 @@ async fn drive(system: &mut System, browser: &Client) -> Result<()> {
     assert_eq!(state["form"]["result"], "42", "{state}");
     assert_eq!(state["totals"]["workers"], "4", "{state}");
 
+    // The task controls from the form, sent as the API's fields and its
+    // Idempotency-Key header.
+    let fill = |selector: &'static str, value: &'static str| async move {
+        let input = browser.find(Locator::Css(selector)).await?;
+        input.clear().await?;
+        input.send_keys(value).await?;
+        anyhow::Ok(())
+    };
+    let submit = || async {
+        browser
+            .find(Locator::Css("#task-form button[type=submit]"))
+            .await?
+            .click()
+            .await?;
+        anyhow::Ok(())
+    };
+    fill("#task-args", "2, 5").await?;
+    fill("#task-timeout", "60000").await?;
+    fill("#task-retries", "2").await?;
+    fill("#task-priority", "3").await?;
+    fill("#task-key", "dashboard-key-1").await?;
+    submit().await?;
+    let first = id.to_string();
+    let submitted = wait_for(browser, "the form to report the task with controls", |s| {
+        s["form"]["id"].as_str().is_some_and(|v| v != first)
+    })
+    .await?;
+    let controlled = submitted["form"]["id"]
+        .as_str()
+        .context("no id")?
+        .to_string();
+    let task: Value = system.get_json(&format!("/tasks/{controlled}")).await?;
+    assert_eq!(
+        (&task["args"], &task["retries"], &task["priority"]),
+        (&json!([2, 5]), &json!(2), &json!(3)),
+        "{task}"
+    );
+    assert_eq!(
+        task["deadline_ms"]
+            .as_u64()
+            .zip(task["submitted_at_ms"].as_u64())
+            .map(|(d, s)| d - s),
+        Some(60_000),
+        "{task}"
+    );
+    // The same submission again: the planner answers the first task.
+    submit().await?;
+    let again = wait_for(browser, "the repeat to be answered as a replay", |s| {
+        s["form"]["replayed"] == "true"
+    })
+    .await?;
+    assert_eq!(again["form"]["id"], json!(controlled), "{again}");
+    // A control out of range: the planner's JSON error is shown.
+    fill("#task-key", " ").await?;
+    fill("#task-priority", "99").await?;
+    submit().await?;
+    let refused = wait_for(browser, "the refusal to be shown", |s| {
+        s["form"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("priority"))
+    })
+    .await?;
+    assert!(
+        refused["form"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("-10 to 10")),
+        "{refused}"
+    );
+    fill("#task-priority", "0").await?;
+
     // Workers joining and leaving show up without a reload.
     let fixtures = e2e::fixture_dir();
     let fixtures = fixtures.to_string_lossy();
@@ -334,7 +404,7 @@ return {
     result: text(tr.querySelector(".result")),
     worker: text(tr.querySelector(".worker")),
   })),
-  form: { id: form.dataset.taskId || null, status: form.dataset.status || null, result: text(form.querySelector("[data-result]")) },
+  form: { id: form.dataset.taskId || null, status: form.dataset.status || null, result: text(form.querySelector("[data-result]")), replayed: form.dataset.replayed || null, error: text(form.querySelector(".error")) },
   totals: Object.fromEntries(all("#totals [data-total]").map((t) => [t.dataset.total, text(t.querySelector("b"))])),
   finished: document.querySelector("#throughput").dataset.finished || null,
 };

@@ -1,5 +1,6 @@
 //! One module per group of subcommands.
 
+pub mod batch;
 pub mod fleet;
 pub mod submit;
 pub mod tasks;

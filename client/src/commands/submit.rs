@@ -45,7 +45,10 @@ pub async fn run(api: &Api, args: Submit, output: Output) -> Result<Outcome> {
 async fn one(api: &Api, task: NewTask, args: &Submit, output: Output) -> Result<Outcome> {
     let key = args.controls.idempotency_key.as_deref();
     if !args.wait {
-        let ids = api.submit_keyed(std::slice::from_ref(&task), key).await?;
+        let ids = api
+            .submit_keyed(std::slice::from_ref(&task), key)
+            .await?
+            .ids;
         match output {
             Output::Json => json_out(&serde_json::json!({ "ids": ids }))?,
             Output::Text => {
@@ -120,18 +123,21 @@ async fn batch(api: &Api, tasks: Vec<NewTask>, args: &Submit, output: Output) ->
             tasks.len()
         );
     }
+    // One batch per request (`workers batch ID` follows one).
+    let mut batches = Vec::new();
     for chunk in tasks.chunks(args.chunk as usize) {
         let accepted = api.submit_keyed(chunk, key).await.with_context(|| {
             format!("after {} of {} tasks were accepted", ids.len(), tasks.len())
         })?;
-        ids.extend(accepted);
+        batches.extend(accepted.batch);
+        ids.extend(accepted.ids);
         bar.set_position(ids.len() as u64);
     }
     let submitted = started.elapsed();
     bar.finish_and_clear();
     if !args.wait {
         match output {
-            Output::Json => json_out(&serde_json::json!({ "ids": ids }))?,
+            Output::Json => json_out(&serde_json::json!({ "ids": ids, "batches": batches }))?,
             Output::Text => {
                 let mut out = String::with_capacity(ids.len() * 8);
                 for id in &ids {
@@ -139,10 +145,12 @@ async fn batch(api: &Api, tasks: Vec<NewTask>, args: &Submit, output: Output) ->
                     out.push('\n');
                 }
                 print!("{out}");
+                let batches: Vec<String> = batches.iter().map(u64::to_string).collect();
                 eprintln!(
-                    "{} tasks submitted in {}",
+                    "{} tasks submitted in {} (batch {}: follow with `workers batch ID`)",
                     ids.len(),
-                    render::duration_ms(submitted.as_millis() as u64)
+                    render::duration_ms(submitted.as_millis() as u64),
+                    batches.join(", ")
                 );
             }
         }

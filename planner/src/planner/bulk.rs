@@ -91,6 +91,9 @@ impl Planner {
         let Some(pg) = self.store.shared() else {
             return Ok(self.board().page(filter, limit));
         };
+        // This replica's results are written behind: in first, so a task
+        // it shows finished is listed as finished too.
+        pg.flush().await;
         let tasks = pg.page(filter, limit).await?;
         let board = self.board();
         Ok(tasks

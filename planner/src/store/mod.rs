@@ -342,6 +342,7 @@ impl Store {
         batch: TaskId,
     ) -> Result<Option<std::collections::BTreeMap<String, u64>>, StoreError> {
         if let Some(pg) = &self.postgres {
+            pg.flush().await;
             return Ok(Some(pg.batch_counts(batch).await?));
         }
         let Some(reader) = &self.reader else {
