@@ -511,6 +511,9 @@ async fn two_replicas(lease_ms: &str) -> anyhow::Result<(System, System, e2e::po
         ("DATABASE_URL", db.url.as_str()),
         ("TOKEN", "two-replicas-token"),
         ("REPLICA_LEASE_MS", lease_ms),
+        // A replica stopped on purpose below must not find its worker
+        // presumed dead when it resumes.
+        ("HEARTBEAT_TIMEOUT_MS", "30000"),
     ];
     let ops_dir = fixture_dir();
     let ops_dir = ops_dir.to_str().unwrap_or_default();
@@ -705,6 +708,47 @@ async fn a_retry_waiting_out_its_backoff_still_waits_after_a_planner_restart() -
         retry_at - started
     );
     assert_eq!((done.attempts, done.retried), (2, 1), "{done:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_cancel_the_holding_replica_is_too_stalled_to_carry_out_is_answered_202_and_kept()
+-> anyhow::Result<()> {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    // A long lease: the stalled replica is not presumed dead meanwhile.
+    let (holder, asked, _db) = two_replicas("60000").await?;
+    let spin = spin_held_elsewhere(&holder, &asked, &json!({"op": "spin", "args": [1, 2]})).await?;
+    let pid = Pid::from_raw(holder.planner.pid().unwrap_or_default());
+    kill(pid, Signal::SIGSTOP)?;
+    let response = asked
+        .client
+        .delete(asked.url(&format!("/tasks/{spin}")))
+        .send()
+        .await;
+    kill(pid, Signal::SIGCONT)?;
+    let response = response?;
+    assert_eq!(
+        response.status(),
+        202,
+        "the holder could not answer in time"
+    );
+    let view: TaskView = response.json().await?;
+    assert_eq!(view.status, TaskStatus::Running, "{view:?}");
+    // The request stood: resumed, the holder carries it out.
+    poll(
+        Duration::from_secs(20),
+        "the stalled holder to cancel it",
+        || async {
+            asked
+                .task(spin)
+                .await
+                .ok()
+                .filter(|v| v.status == TaskStatus::Cancelled)
+        },
+    )
+    .await?;
+    add_runs_on_w1(&holder).await?;
     Ok(())
 }
 
