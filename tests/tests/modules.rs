@@ -77,6 +77,34 @@ async fn a_user_op_from_ops_dir_runs_through_the_planner() -> anyhow::Result<()>
     Ok(())
 }
 
+/// Nothing of one call reaches the next, however often a pooled memory slot
+/// is reused (with one slot, every call reuses the same one): a module that
+/// keeps a counter in its data and values on its heap sees neither.
+#[tokio::test]
+async fn a_module_never_sees_state_from_an_earlier_call() -> anyhow::Result<()> {
+    let mut system = System::start(&[]).await?;
+    system
+        .add_worker(
+            "remember-1",
+            &[
+                ("OPS", "remember"),
+                ("SLOTS", "1"),
+                ("OPS_DIR", fixture_dir().to_str().unwrap_or_default()),
+            ],
+        )
+        .await?;
+    system.wait_for_workers(1).await?;
+    // Each call writes its own value over ~64 KiB to 2 MiB of heap.
+    let tasks: Vec<serde_json::Value> = (0..60)
+        .map(|i| json!({"op": "remember", "args": [i + 1, (i % 4) * 80_000 + 8_000]}))
+        .collect();
+    let ids = system.submit_ids(&json!(tasks)).await?;
+    let views = system.wait_final(&ids, Duration::from_secs(60)).await?;
+    let results: Vec<Option<i64>> = views.iter().map(|v| v.result).collect();
+    assert_eq!(results, vec![Some(1001); 60], "{views:?}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_worker_refuses_bad_task_bodies_with_json_errors() -> anyhow::Result<()> {
     let mut system = System::start(&[]).await?;
