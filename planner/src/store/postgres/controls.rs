@@ -5,7 +5,7 @@
 //! `tasks_cancel`; see `migrations/0006_cancel_requests.sql`).
 
 use super::rows::{self, COLUMNS};
-use super::{PgError, PgStore};
+use super::{PgError, PgStore, listen};
 use crate::store::Insertion;
 use crate::task::Task;
 use wire::TaskId;
@@ -124,12 +124,7 @@ impl PgStore {
                 &[&(now_ms as i64), &EXPIRE_CHUNK],
             )
             .await?;
-        if !rows.is_empty() {
-            client
-                .execute("SELECT pg_notify('tasks_finished', '')", &[])
-                .await?;
-        }
-        Ok(rows::to_tasks(&rows)?)
+        listen::finished_tasks(&client, &rows).await
     }
 
     /// Records a cancel request on the unfinished tasks held by a replica
@@ -235,12 +230,7 @@ impl PgStore {
                 &[&ids, &&*self.owner, &(now_ms as i64)],
             )
             .await?;
-        if !rows.is_empty() {
-            client
-                .execute("SELECT pg_notify('tasks_finished', '')", &[])
-                .await?;
-        }
-        Ok(rows::to_tasks(&rows)?)
+        listen::finished_tasks(&client, &rows).await
     }
 
     /// Settles the cancel requests on tasks no replica holds any more (their
@@ -270,12 +260,7 @@ impl PgStore {
                 &[],
             )
             .await?;
-        if !rows.is_empty() {
-            client
-                .execute("SELECT pg_notify('tasks_finished', '')", &[])
-                .await?;
-        }
-        Ok(rows::to_tasks(&rows)?)
+        listen::finished_tasks(&client, &rows).await
     }
 
     /// Where the cancel requests on `ids` stand.

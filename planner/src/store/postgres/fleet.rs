@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::rows::{self, COLUMNS};
-use super::{PgError, PgStore};
+use super::{PgError, PgStore, listen};
 use crate::task::Task;
 
 /// A module as the database keeps it.
@@ -179,9 +179,7 @@ impl PgStore {
             )
             .await?;
         if failed > 0 {
-            client
-                .execute("SELECT pg_notify('tasks_finished', '')", &[])
-                .await?;
+            listen::notify_finished(&client).await?;
         }
         Ok(failed)
     }

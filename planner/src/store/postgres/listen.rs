@@ -29,6 +29,26 @@ pub struct Wakeups {
     pub cancel: Arc<Notify>,
 }
 
+/// Tells every replica that results were recorded (`tasks_finished`).
+pub async fn notify_finished(client: &tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute("SELECT pg_notify('tasks_finished', '')", &[])
+        .await
+        .map(drop)
+}
+
+/// The tasks `rows` hold, just finished: every replica is told first when
+/// there are any.
+pub async fn finished_tasks(
+    client: &tokio_postgres::Client,
+    rows: &[tokio_postgres::Row],
+) -> Result<Vec<crate::task::Task>, PgError> {
+    if !rows.is_empty() {
+        notify_finished(client).await?;
+    }
+    Ok(super::rows::to_tasks(rows)?)
+}
+
 /// LISTENs until the process ends, reconnecting with backoff.
 pub async fn listen_forever(target: Target, wake: Wakeups) {
     let mut backoff = Duration::from_millis(100);

@@ -8,7 +8,7 @@ use std::time::Duration;
 use wire::TaskId;
 
 use super::rows::{self, COLUMNS, SHOWN_STATUS};
-use super::{PgError, PgStore};
+use super::{PgError, PgStore, listen};
 use crate::board::{CancelError, TaskFilter};
 use crate::task::Task;
 
@@ -280,9 +280,7 @@ impl PgStore {
             )
             .await?;
         if let Some(row) = cancelled {
-            client
-                .execute("SELECT pg_notify('tasks_finished', '')", &[])
-                .await?;
+            listen::notify_finished(&client).await?;
             return Ok(Ok(rows::to_task(&row)?));
         }
         let found = client
@@ -362,11 +360,6 @@ impl PgStore {
                 &[&ids, &op, &(now_ms as i64)],
             )
             .await?;
-        if !rows.is_empty() {
-            client
-                .execute("SELECT pg_notify('tasks_finished', '')", &[])
-                .await?;
-        }
-        Ok(rows::to_tasks(&rows)?)
+        listen::finished_tasks(&client, &rows).await
     }
 }
