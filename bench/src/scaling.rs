@@ -13,10 +13,8 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, bail};
 use serde::Serialize;
-use serde_json::json;
-use tokio::task::JoinSet;
 use wire::planner::{Accepted, NewTask};
 
 use crate::Plan;
@@ -194,7 +192,8 @@ async fn run(plan: &Plan, spec: Spec) -> Result<(Cell, Option<Latency>)> {
     let outcome = async {
         let client = system::client()?;
         let started = Instant::now();
-        register_idle(&client, &url, system::token()?, spec.idle).await?;
+        let token = system::token()?;
+        launcher::idle::register(&client, &url, Some(&token), "idle", spec.idle).await?;
         let register_secs = started.elapsed().as_secs_f64();
         queue_backlog(&client, &url, spec.backlog).await?;
         for i in 1..=spec.workers {
@@ -239,40 +238,6 @@ async fn run(plan: &Plan, spec: Spec) -> Result<(Cell, Option<Latency>)> {
         eprintln!("bench: logs of the failed run: {}", dir.keep().display());
     }
     outcome
-}
-
-/// `idle-00000`.. offering `sq` only, over 16 connections at once.
-async fn register_idle(client: &reqwest::Client, url: &str, token: String, n: u64) -> Result<()> {
-    let mut lanes = JoinSet::new();
-    for lane in 0..16 {
-        let (client, url, token) = (client.clone(), format!("{url}/workers"), token.clone());
-        lanes.spawn(async move {
-            for i in (lane..n).step_by(16) {
-                let body = json!({
-                    "id": format!("idle-{i:05}"),
-                    "url": format!("http://127.0.0.1:{}", 20_000 + i % 40_000),
-                    "ops": [{"name": "sq", "digest": "0".repeat(64), "arity": 1, "doc": ""}],
-                    "slots": 4,
-                });
-                let response = client
-                    .post(&url)
-                    .bearer_auth(&token)
-                    .json(&body)
-                    .send()
-                    .await?;
-                ensure!(
-                    response.status().is_success(),
-                    "registering idle worker {i}: HTTP {}",
-                    response.status()
-                );
-            }
-            anyhow::Ok(())
-        });
-    }
-    while let Some(lane) = lanes.join_next().await {
-        lane??;
-    }
-    Ok(())
 }
 
 /// `n` tasks of [`PARKED_OP`], in submissions of 50,000.

@@ -16,7 +16,6 @@ use wire::planner::{TaskView, WorkerView};
 
 pub mod browser;
 pub mod chart;
-pub mod fleet;
 pub mod front;
 pub use launcher::postgres;
 pub mod values_doc;

@@ -28,6 +28,18 @@ async fn system_with_spin(planner_env: &[(&str, &str)]) -> anyhow::Result<System
     .await
 }
 
+/// Swaps `mul` on `worker` for the fixture `module` (`mul` or `mul_v2`).
+async fn put_mul(system: &System, worker: &str, module: &str) -> anyhow::Result<()> {
+    let response = system
+        .client
+        .put(format!("{worker}/ops/mul"))
+        .body(std::fs::read(fixture(module))?)
+        .send()
+        .await?;
+    anyhow::ensure!(response.status().is_success(), "{}", response.status());
+    Ok(())
+}
+
 async fn wait_running(system: &System, id: TaskId) -> anyhow::Result<TaskView> {
     let view = poll(Duration::from_secs(20), "the task to run", || async {
         system
@@ -204,16 +216,7 @@ async fn an_op_failure_is_retried_with_backoff_until_it_succeeds() -> anyhow::Re
     // The v2 test module computes a * b + 1,000,000: it overflows on
     // i64::MAX * 1, which v1 computes. v2 fails the task twice, then v1
     // (put back meanwhile) succeeds.
-    let put = |module: &str| {
-        let bytes = std::fs::read(fixture(module));
-        let request = system.client.put(format!("{worker}/ops/mul"));
-        async move {
-            let response = request.body(bytes?).send().await?;
-            anyhow::ensure!(response.status().is_success(), "{}", response.status());
-            anyhow::Ok(())
-        }
-    };
-    put("mul_v2").await?;
+    put_mul(&system, &worker, "mul_v2").await?;
     let id = system
         .submit_ids(&json!({"op": "mul", "args": [i64::MAX, 1], "retries": 3}))
         .await?[0];
@@ -230,7 +233,7 @@ async fn an_op_failure_is_retried_with_backoff_until_it_succeeds() -> anyhow::Re
         failing.retry_at_ms.is_some() && failing.waiting_for.is_some(),
         "waiting out its backoff: {failing:?}"
     );
-    put("mul").await?;
+    put_mul(&system, &worker, "mul").await?;
     let view = system
         .wait_final(&[id], Duration::from_secs(30))
         .await?
@@ -257,7 +260,7 @@ async fn an_op_failure_is_retried_with_backoff_until_it_succeeds() -> anyhow::Re
     );
 
     // Out of retries: the last error is the task's.
-    put("mul_v2").await?;
+    put_mul(&system, &worker, "mul_v2").await?;
     let (status, body) = system
         .post_json(
             "/tasks?wait=true",
@@ -649,18 +652,9 @@ async fn a_retry_waiting_out_its_backoff_still_waits_after_a_planner_restart() -
     let env = [("RETRY_BACKOFF_MS", backoff.as_str())];
     let mut system = System::with_workers(&env, 1, &[("OPS", "mul")]).await?;
     let worker = system.worker("w1").url();
-    let put = |module: &str| {
-        let bytes = std::fs::read(fixture(module));
-        let request = system.client.put(format!("{worker}/ops/mul"));
-        async move {
-            let response = request.body(bytes?).send().await?;
-            anyhow::ensure!(response.status().is_success(), "{}", response.status());
-            anyhow::Ok(())
-        }
-    };
     // v2 overflows on i64::MAX * 1: the first attempt fails, the retry
     // waits out its backoff.
-    put("mul_v2").await?;
+    put_mul(&system, &worker, "mul_v2").await?;
     let id = system
         .submit_ids(&json!({"op": "mul", "args": [i64::MAX, 1], "retries": 1}))
         .await?[0];
@@ -677,7 +671,7 @@ async fn a_retry_waiting_out_its_backoff_still_waits_after_a_planner_restart() -
     )
     .await?;
     let retry_at = waiting.retry_at_ms.unwrap_or_default();
-    put("mul").await?;
+    put_mul(&system, &worker, "mul").await?;
 
     // A crash and a restart in the middle of the backoff.
     system.planner.kill();

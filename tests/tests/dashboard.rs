@@ -55,15 +55,7 @@ async fn the_dashboard_shows_workers_by_flavor_and_runs_a_task_from_its_form() -
 
     let browser = Browser::start(system.dir.path()).await?;
     let outcome = drive(&mut system, &browser.client).await;
-    let shot = save_screenshot(&browser.client, &artifacts_dir().join("dashboard.png")).await;
-    browser.stop().await;
-    outcome.with_context(|| {
-        format!(
-            "planner log:\n{}",
-            launcher::process::tail(&system.planner.log, 20)
-        )
-    })?;
-    shot
+    conclude(browser, &system, outcome, "dashboard.png").await
 }
 
 /// 3,000 workers of one flavor beside a few real ones: the page counts the
@@ -75,7 +67,7 @@ async fn the_dashboard_counts_a_fleet_of_thousands_and_lists_a_few() -> Result<(
     let mut system = System::start(&[("HEARTBEAT_TIMEOUT_MS", "600000")]).await?;
     system.add_worker("general-1", &[]).await?;
     system.add_worker("mul-1", &[("OPS", "mul")]).await?;
-    e2e::fleet::register_idle(&system, "sq", IDLE).await?;
+    launcher::idle::register(&system.client, &system.url(""), None, "sq", IDLE as u64).await?;
     let browser = Browser::start(system.dir.path()).await?;
     let outcome = async {
         browser.client.goto(&system.url("/")).await?;
@@ -122,19 +114,7 @@ async fn the_dashboard_counts_a_fleet_of_thousands_and_lists_a_few() -> Result<(
         anyhow::Ok(())
     }
     .await;
-    let shot = save_screenshot(
-        &browser.client,
-        &artifacts_dir().join("dashboard-fleet.png"),
-    )
-    .await;
-    browser.stop().await;
-    outcome.with_context(|| {
-        format!(
-            "planner log:\n{}",
-            launcher::process::tail(&system.planner.log, 20)
-        )
-    })?;
-    shot
+    conclude(browser, &system, outcome, "dashboard-fleet.png").await
 }
 
 /// What a person does with the page, checked at each step.
@@ -440,6 +420,26 @@ async fn wait_for(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Saves what the browser shows to `target/artifacts/{shot}` (pass or
+/// fail), stops it, and returns the test's outcome with the planner's log
+/// tail on failure.
+async fn conclude(
+    browser: Browser,
+    system: &System,
+    outcome: Result<()>,
+    shot: &str,
+) -> Result<()> {
+    let saved = save_screenshot(&browser.client, &artifacts_dir().join(shot)).await;
+    browser.stop().await;
+    outcome.with_context(|| {
+        format!(
+            "planner log:\n{}",
+            launcher::process::tail(&system.planner.log, 20)
+        )
+    })?;
+    saved
 }
 
 async fn save_screenshot(browser: &Client, path: &Path) -> Result<()> {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use e2e::System;
-use e2e::fleet::{IDLE_DIGEST, register_idle};
+use launcher::idle::IDLE_DIGEST;
 use reqwest::header::LINK;
 use serde_json::Value;
 use wire::planner::{WorkerView, WorkersSummary};
@@ -57,7 +57,7 @@ async fn thousands_of_workers_are_paged_filtered_and_summarized() -> Result<()> 
     // The extra registrations never heartbeat: keep them for the test.
     let mut system = System::start(&[("HEARTBEAT_TIMEOUT_MS", "600000")]).await?;
     system.add_worker("general", &[]).await?;
-    register_idle(&system, "sq", EXTRA).await?;
+    launcher::idle::register(&system.client, &system.url(""), None, "sq", EXTRA as u64).await?;
     let total = EXTRA + 1;
 
     // Every worker exactly once, in id order, over linked pages.
