@@ -24,7 +24,10 @@ fn main() -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     op_build::build(&guests, &target_dir, &out_dir)?;
     println!("cargo:rustc-env=FIXTURE_OPS_DIR={}", out_dir.display());
-    for dir in crates.iter().chain([&root.join("ops/wit")]) {
+    for dir in crates
+        .iter()
+        .chain([&root.join("ops/wit"), &root.join("ops/guest-arena")])
+    {
         println!("cargo:rerun-if-changed={}", dir.display());
     }
     Ok(())

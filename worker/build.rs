@@ -15,7 +15,7 @@ fn main() -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     op_build::build(&guests, &target_dir, &out_dir)?;
 
-    for path in ["wit", "add", "mul", "../Cargo.toml"] {
+    for path in ["wit", "add", "mul", "guest-arena", "../Cargo.toml"] {
         println!("cargo:rerun-if-changed={}", ops_dir.join(path).display());
     }
     Ok(())

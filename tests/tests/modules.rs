@@ -156,6 +156,38 @@ async fn a_worker_refuses_bad_task_bodies_with_json_errors() -> anyhow::Result<(
     Ok(())
 }
 
+/// The built-in guests allocate from a 64 KiB static arena (ops/guest-arena);
+/// a call whose arguments alone are larger goes on in memory the arena grows,
+/// and the op answers as it would with any allocator.
+#[tokio::test]
+async fn a_call_outgrowing_the_guest_s_arena_still_runs_to_the_op_s_answer() -> anyhow::Result<()> {
+    let mut system = System::start(&[]).await?;
+    let url = system.add_worker("w", &[]).await?.url();
+    // 20,000 arguments: 160 KB of `list<s64>` in the guest, past the arena
+    // at once (and 40 KB of JSON, within the worker's 64 KiB body limit).
+    let args = vec![0i64; 20_000];
+    let response = system
+        .client
+        .post(format!("{url}/tasks"))
+        .json(&json!({"id": 1, "op": "add", "args": args}))
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await?;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"], "add takes 2 arguments, got 20000", "{body}");
+    // And the next call, in a reused slot, is back within the arena.
+    let response = system
+        .client
+        .post(format!("{url}/tasks"))
+        .json(&json!({"id": 2, "op": "add", "args": [40, 2]}))
+        .send()
+        .await?;
+    let body: serde_json::Value = response.json().await?;
+    assert_eq!(body["result"], 42, "{body}");
+    Ok(())
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))

@@ -12,6 +12,10 @@ use serde_json::json;
 const GUEST: &str = r#"
 wit_bindgen::generate!({ path: WIT, world: "operation" });
 
+#[cfg(target_arch = "wasm32")]
+#[global_allocator]
+static ALLOCATOR: guest_arena::Arena<{ 64 * 1024 }> = guest_arena::Arena::new();
+
 struct Sub;
 
 impl Guest for Sub {
@@ -28,8 +32,10 @@ impl Guest for Sub {
 export!(Sub);
 "#;
 
-/// Lays out the `sub` op crate as a user would, outside the repository.
-fn write_outside_crate(dir: &Path, wit: &Path) -> Result<()> {
+/// Lays out the `sub` op crate as a user would, outside the repository,
+/// with the contract and the guests' allocator from the checkout `repo`.
+fn write_outside_crate(dir: &Path, repo: &Path) -> Result<()> {
+    let quoted = |path: &Path| serde_json::to_string(&path.to_string_lossy());
     std::fs::create_dir_all(dir.join("src"))?;
     std::fs::write(
         dir.join("Cargo.toml"),
@@ -43,12 +49,14 @@ crate-type = ["cdylib"]
 
 [dependencies]
 wit-bindgen = { version = "0.63", default-features = false, features = ["macros", "realloc"] }
+guest-arena = { path = ARENA }
 
 # A workspace of its own, whatever directory it sits in.
 [workspace]
-"#,
+"#
+        .replace("ARENA", &quoted(&repo.join("ops/guest-arena"))?),
     )?;
-    let wit = serde_json::to_string(&wit.to_string_lossy())?;
+    let wit = quoted(&repo.join("ops/wit"))?;
     std::fs::write(dir.join("src/lib.rs"), GUEST.replace("WIT", &wit))?;
     Ok(())
 }
@@ -60,7 +68,7 @@ async fn an_op_crate_outside_the_workspace_builds_with_op_build_and_runs() -> Re
         .canonicalize()?;
     let outside = tempfile::Builder::new().prefix("outside-op-").tempdir()?;
     let krate = outside.path().join("sub");
-    write_outside_crate(&krate, &repo.join("ops/wit"))?;
+    write_outside_crate(&krate, &repo)?;
     // Our lockfile's versions, only so the guest reuses the dependencies
     // already built for ours (a user's crate resolves its own).
     std::fs::copy(repo.join("Cargo.lock"), krate.join("Cargo.lock"))?;

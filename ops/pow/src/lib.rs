@@ -3,6 +3,13 @@
 
 wit_bindgen::generate!({ path: "../wit", world: "operation" });
 
+// Every call runs in a fresh instance: a bump allocator over a static arena
+// never frees and never grows memory, which makes a call about 3x cheaper
+// than with Rust's default allocator (see ops/guest-arena).
+#[cfg(target_arch = "wasm32")]
+#[global_allocator]
+static ALLOCATOR: guest_arena::Arena<{ 64 * 1024 }> = guest_arena::Arena::new();
+
 struct Pow;
 
 impl Guest for Pow {
