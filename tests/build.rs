@@ -14,7 +14,7 @@ fn main() -> anyhow::Result<()> {
         root.join("ops/pow"),
     ];
     for fixture in [
-        "spin", "hog", "crash", "mul-v2", "sneaky", "bigdoc", "stall", "remember",
+        "spin", "hog", "crash", "mul-v2", "sneaky", "bigdoc", "stall", "remember", "slow",
     ] {
         crates.push(manifest_dir.join("fixtures/ops").join(fixture));
     }

@@ -188,6 +188,100 @@ async fn a_call_outgrowing_the_guest_s_arena_still_runs_to_the_op_s_answer() -> 
     Ok(())
 }
 
+/// A call is first made inline with a deadline of one epoch tick (≤ 5 ms);
+/// one that takes longer is made again on a blocking thread under its full
+/// deadline. It must still answer right, and stay cancellable there.
+#[tokio::test]
+async fn a_call_past_the_brief_inline_attempt_finishes_on_a_blocking_thread_and_stays_cancellable()
+-> anyhow::Result<()> {
+    let mut system = System::start(&[]).await?;
+    let worker = system
+        .add_worker(
+            "w",
+            &[
+                ("OPS", "add,slow"),
+                ("OPS_DIR", fixture_dir().to_str().unwrap_or_default()),
+                ("OP_TIMEOUT_MS", "120000"),
+            ],
+        )
+        .await?
+        .url();
+    system.wait_for_workers(1).await?;
+    // 30 million dependent rounds: tens of milliseconds at the very least.
+    let (rounds, seed) = (30_000_000, 7);
+    let (status, body) = system
+        .post_json(
+            "/tasks?wait=true&timeout_ms=60000",
+            &json!({"op": "slow", "args": [rounds, seed]}),
+        )
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["result"], xorshift(rounds, seed), "{body}");
+    assert_eq!(
+        metric(&worker, r#"worker_wasm_calls_moved_total{op="slow"}"#).await?,
+        1.0,
+        "the call was made again off the async threads"
+    );
+
+    // Practically endless: only cancelling stops it.
+    let id = system
+        .submit_ids(&json!({"op": "slow", "args": [i64::MAX, seed]}))
+        .await?[0];
+    e2e::poll(
+        Duration::from_secs(20),
+        "the endless call to move",
+        || async {
+            let moved = metric(&worker, r#"worker_wasm_calls_moved_total{op="slow"}"#).await;
+            (moved.ok()? == 2.0).then_some(())
+        },
+    )
+    .await?;
+    let response = system
+        .client
+        .delete(system.url(&format!("/tasks/{id}")))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    e2e::poll(
+        Duration::from_secs(10),
+        "the call to stop, cancelled",
+        || async {
+            let key = r#"worker_tasks_total{op="slow",outcome="cancelled"}"#;
+            (metric(&worker, key).await.ok()? == 1.0).then_some(())
+        },
+    )
+    .await?;
+    let (status, body) = system
+        .post_json("/tasks?wait=true", &json!({"op": "add", "args": [40, 2]}))
+        .await?;
+    assert_eq!((status, &body["result"]), (200, &json!(42)), "{body}");
+    Ok(())
+}
+
+/// The `slow` fixture's computation, natively.
+fn xorshift(rounds: i64, seed: i64) -> i64 {
+    let mut x = seed as u64 | 1;
+    for _ in 0..rounds {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+    }
+    x as i64
+}
+
+/// One series of a worker's `/metrics` (0 when absent).
+async fn metric(worker: &str, series: &str) -> anyhow::Result<f64> {
+    let text = reqwest::get(format!("{worker}/metrics"))
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0))
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))

@@ -188,16 +188,29 @@ impl Executor {
                 () = cancel.cancelled() => {}
             }
         }
-        let sandbox = self.catalog.sandbox().clone();
-        let module = entry.clone();
-        // The call is CPU-bound and may run up to its deadline: keep it off
-        // the async threads so health checks and other slots stay responsive.
+        let sandbox = self.catalog.sandbox();
         let call_started = Instant::now();
-        let output = tokio::task::spawn_blocking(move || {
-            sandbox.call_cancellable(&module.module, &args, &cancel)
-        })
-        .await
-        .unwrap_or_else(|join| Err(CallError::Host(format!("the call's thread failed: {join}"))));
+        // Most calls take microseconds: making them right here costs far less
+        // than handing them to a blocking thread and back (BENCHMARKS.md, P3),
+        // and holds this async thread for at most one epoch tick.
+        let output = match sandbox.try_call_briefly(&entry.module, &args, &cancel) {
+            Some(output) => output,
+            None => {
+                // A long call: made again from the start where it may run up
+                // to its deadline without holding up health checks, the
+                // channel and the other slots.
+                telemetry::call_moved(op);
+                let sandbox = sandbox.clone();
+                let module = entry.clone();
+                tokio::task::spawn_blocking(move || {
+                    sandbox.call_cancellable(&module.module, &args, &cancel)
+                })
+                .await
+                .unwrap_or_else(|join| {
+                    Err(CallError::Host(format!("the call's thread failed: {join}")))
+                })
+            }
+        };
         telemetry::ran(op, &output, started.elapsed(), call_started.elapsed());
         if let Some(id) = id {
             // One line per execution (`LOG=info,worker::executor=debug`): the

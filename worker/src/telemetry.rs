@@ -23,6 +23,12 @@ pub fn ran(op: &str, outcome: &Result<i64, CallError>, total: Duration, call: Du
     }
 }
 
+/// A call that outran the brief inline attempt and was made again on a
+/// blocking thread (`Sandbox::try_call_briefly`).
+pub fn call_moved(op: &str) {
+    counter!("worker_wasm_calls_moved_total", "op" => op.to_string()).increment(1);
+}
+
 pub fn refused(reason: &'static str) {
     counter!("worker_tasks_refused_total", "reason" => reason).increment(1);
 }

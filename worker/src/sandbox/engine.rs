@@ -16,6 +16,10 @@ use super::module::{LoadError, OpModule};
 
 /// How often the epoch advances; the deadline's granularity.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
+/// What [`Sandbox::try_call_briefly`] allows: up to the next tick, so at
+/// most [`EPOCH_TICK`] (a call that starts just before a tick is cut short
+/// and made again, about once in `EPOCH_TICK / call time` calls).
+const BRIEF_TICKS: u64 = 1;
 
 #[derive(Debug, Clone, Copy)]
 pub struct SandboxConfig {
@@ -92,11 +96,43 @@ impl Sandbox {
         args: &[i64],
         cancel: &CancellationToken,
     ) -> Result<i64, CallError> {
+        self.call_within(module, args, cancel, deadline_ticks(self.config.timeout))
+    }
+
+    /// The call, only if it finishes before the next epoch tick (at most
+    /// 5 ms): cheap enough to make on an async thread, which it holds no
+    /// longer than that. `None` when it ran out of that time (and was not
+    /// cancelled): make it again with [`Sandbox::call_cancellable`] off the
+    /// async threads. Making it again from the start is safe because ops are
+    /// pure (they import nothing) and every call gets a fresh store.
+    pub fn try_call_briefly(
+        &self,
+        module: &OpModule,
+        args: &[i64],
+        cancel: &CancellationToken,
+    ) -> Option<Result<i64, CallError>> {
+        let full = deadline_ticks(self.config.timeout);
+        let brief = BRIEF_TICKS.min(full);
+        match self.call_within(module, args, cancel, brief) {
+            Err(CallError::Deadline(_)) if brief < full => None,
+            done => Some(done),
+        }
+    }
+
+    /// A call interrupted once `ticks` epoch ticks have passed, or at the
+    /// first tick after `cancel` is.
+    fn call_within(
+        &self,
+        module: &OpModule,
+        args: &[i64],
+        cancel: &CancellationToken,
+        ticks: u64,
+    ) -> Result<i64, CallError> {
         if cancel.is_cancelled() {
             return Err(CallError::Cancelled);
         }
         let mut store = self.store();
-        self.watch(&mut store, cancel.clone());
+        watch(&mut store, cancel.clone(), ticks);
         let classify = |err| match self.classify(err) {
             CallError::Deadline(_) if cancel.is_cancelled() => CallError::Cancelled,
             other => other,
@@ -107,21 +143,6 @@ impl Sandbox {
             Ok(Err(message)) => Err(CallError::Op(message)),
             Err(err) => Err(classify(err)),
         }
-    }
-
-    /// Replaces the store's plain deadline with a check at every epoch tick:
-    /// interrupted once `cancel` is, or once the deadline's ticks are spent.
-    fn watch(&self, store: &mut Store<Limits>, cancel: CancellationToken) {
-        let mut left = deadline_ticks(self.config.timeout);
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| {
-            left = left.saturating_sub(1);
-            Ok(if cancel.is_cancelled() || left == 0 {
-                UpdateDeadline::Interrupt
-            } else {
-                UpdateDeadline::Continue(1)
-            })
-        });
     }
 
     pub(super) fn classify(&self, err: wasmtime::Error) -> CallError {
@@ -140,6 +161,21 @@ impl Sandbox {
             None => CallError::Host(format!("{err:#}")),
         }
     }
+}
+
+/// Replaces the store's plain deadline with a check at every epoch tick:
+/// interrupted once `cancel` is, or once `ticks` ticks are spent.
+fn watch(store: &mut Store<Limits>, cancel: CancellationToken, ticks: u64) {
+    let mut left = ticks;
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        left = left.saturating_sub(1);
+        Ok(if cancel.is_cancelled() || left == 0 {
+            UpdateDeadline::Interrupt
+        } else {
+            UpdateDeadline::Continue(1)
+        })
+    });
 }
 
 fn deadline_ticks(timeout: Duration) -> u64 {
