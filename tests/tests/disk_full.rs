@@ -172,9 +172,29 @@ async fn a_full_disk_refuses_submissions_loses_nothing_and_recovers_by_itself() 
         || async { (disk_full_commits(&system.planner.log) > failed_submissions).then_some(()) },
     )
     .await?;
-    // Still full: still refused.
+    // Still full: still refused. With an idle worker, the planner dispatches
+    // a submission while its commit is under way; the refused one must
+    // vanish whatever it did meanwhile: only acknowledged tasks are counted.
     let (status, body) = system.submit(&tasks(5_000, 1)).await?;
     assert_eq!(status, 503, "{body}");
+    let counted = poll(
+        Duration::from_secs(10),
+        "nothing queued or running after the refusal",
+        || async {
+            let stats: wire::planner::Stats = system.get_json("/stats").await.ok()?;
+            let unfinished = ["queued", "running"]
+                .iter()
+                .filter_map(|s| stats.by_status.get(*s))
+                .sum::<u64>();
+            (unfinished == 0).then(|| stats.by_status.values().sum::<u64>())
+        },
+    )
+    .await?;
+    assert_eq!(
+        counted,
+        accepted.len() as u64,
+        "the board holds exactly the acknowledged tasks"
+    );
 
     // Space returns; the planner takes submissions again by itself.
     std::fs::remove_file(&ballast)?;

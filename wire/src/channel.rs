@@ -21,6 +21,13 @@ use crate::{Output, TaskId};
 /// the worker already caps well below this.
 pub const MAX_FRAME_BYTES: usize = 64 << 10;
 
+/// How much either side reads from the socket at a time. tungstenite
+/// zero-fills its read buffer up to this size before every read (128 KiB by
+/// default, which measured 5 % of the planner's CPU at full speed); frames
+/// are about a hundred bytes, and a larger one still arrives whole (the
+/// buffer grows to fit it, up to [`MAX_FRAME_BYTES`]).
+pub const READ_BUFFER_BYTES: usize = 8 << 10;
+
 /// The planner's route a worker opens its channel on.
 pub fn path(worker_id: &str) -> String {
     format!("/workers/{worker_id}/channel")

@@ -45,6 +45,7 @@ pub async fn open(
     Ok(upgrade
         .max_message_size(wire::channel::MAX_FRAME_BYTES)
         .max_frame_size(wire::channel::MAX_FRAME_BYTES)
+        .read_buffer_size(wire::channel::READ_BUFFER_BYTES)
         .on_upgrade(move |socket| async move {
             channels.serve(worker, socket, stopping).await;
         }))

@@ -97,6 +97,24 @@ impl Board {
 }
 
 impl Board {
+    /// Takes back tasks whose submission failed to commit: they were never
+    /// acknowledged, so they vanish whatever became of them meanwhile (a
+    /// running one's worker is to be interrupted and its answer is ignored).
+    pub fn withdraw(&mut self, ids: &[TaskId]) -> Effects {
+        let mut effects = Effects::default();
+        for &id in ids {
+            if let Ok(cancelled) = self.cancel(id) {
+                effects.interrupts.extend(cancelled.interrupts);
+            }
+            if let Some(task) = self.tasks.remove(&id) {
+                self.count(&task.op, task.status, -1);
+            }
+        }
+        let gone: std::collections::HashSet<TaskId> = ids.iter().copied().collect();
+        self.finished_order.retain(|id| !gone.contains(id));
+        effects
+    }
+
     /// Forgets finished tasks that finished before `before_ms` (retention:
     /// the store deletes them too); returns how many.
     pub fn forget_finished_before(&mut self, before_ms: u64) -> usize {

@@ -189,6 +189,35 @@ fn queued_and_running_tasks_can_be_cancelled_and_a_running_ones_worker_is_interr
 }
 
 #[test]
+fn withdrawn_tasks_vanish_whatever_their_state_and_a_running_ones_answer_is_ignored() {
+    let mut board = Board::new(3, 100);
+    register(&mut board, "w", &["add"], 2);
+    submit(&mut board, 1, "add");
+    submit(&mut board, 2, "add");
+    let out = board.pump(Instant::now());
+    assert_eq!(out.len(), 2);
+    board.settle(&out[0], done(3));
+    // 1 done, 2 running, 3 queued (not pumped yet), 4 queued with no worker.
+    submit(&mut board, 3, "add");
+    submit(&mut board, 4, "sub");
+    let effects = board.withdraw(&[1, 2, 3, 4]);
+    for id in 1..=4 {
+        assert!(board.view(id).is_none(), "task {id} is gone");
+    }
+    assert_eq!(board.queued(), 0);
+    let counts = board.stats().by_status;
+    assert!(counts.values().all(|n| *n == 0), "{counts:?}");
+    let interrupted: Vec<TaskId> = effects.interrupts.iter().map(|i| i.task).collect();
+    assert_eq!(interrupted, [2], "the running call is to be stopped");
+    // Its late answer records nothing, and frees the slot.
+    assert!(board.settle(&out[1], done(3)).finished.is_empty());
+    assert!(board.view(2).is_none());
+    submit(&mut board, 5, "add");
+    submit(&mut board, 6, "add");
+    assert_eq!(board.pump(Instant::now()).len(), 2, "both slots are free");
+}
+
+#[test]
 fn deadlines_expire_queued_and_running_tasks_when_due() {
     let mut board = Board::new(3, 100);
     register(&mut board, "w", &["add"], 1);

@@ -11,7 +11,7 @@ use wire::planner::{NewTask, TaskView};
 use super::{CancelOutcome, Planner};
 use crate::board::{CancelError, Interrupt};
 use crate::events::Event;
-use crate::store::{Idempotency, Insertion, StoreError};
+use crate::store::{Commit, Idempotency, Insertion, StoreError};
 use crate::task::{Controls, Task};
 use crate::telemetry;
 
@@ -114,12 +114,17 @@ impl Planner {
         } else {
             Vec::new()
         };
+        if key.is_none()
+            && self.replica.is_none()
+            && let Some(commit) = self.store.begin_insert(tasks.clone())
+        {
+            return self
+                .submit_overlapped(commit, tasks, receivers, batch)
+                .await;
+        }
         let inserted = self.store.insert(tasks.clone(), key.clone()).await;
         if !matches!(inserted, Ok(Insertion::Inserted)) {
-            let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
-            for id in &ids {
-                waiters.remove(id);
-            }
+            self.forget_waiters(&ids);
         }
         if let Insertion::Replay { .. } = inserted? {
             // Another submission with this key won the race: answer as it did.
@@ -157,6 +162,71 @@ impl Planner {
             replayed: false,
             batch,
         })
+    }
+
+    /// Queues tasks whose commit is under way (see [`Store::begin_insert`]):
+    /// they may be dispatched, even run, while their fsync is in progress,
+    /// and the client is answered only once they are on disk. A commit that
+    /// fails withdraws them: never acknowledged, they vanish from the board
+    /// (a call in progress is interrupted, its answer ignored), and the
+    /// event stream, which saw them queued, sees them fail.
+    ///
+    /// [`Store::begin_insert`]: crate::store::Store::begin_insert
+    async fn submit_overlapped(
+        self: &Arc<Self>,
+        commit: Result<Commit, StoreError>,
+        tasks: Vec<Task>,
+        receivers: Vec<oneshot::Receiver<TaskView>>,
+        batch: Option<TaskId>,
+    ) -> Result<Submitted, SubmitError> {
+        let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
+        let commit = match commit {
+            Ok(commit) => commit,
+            Err(err) => {
+                self.forget_waiters(&ids);
+                return Err(err.into());
+            }
+        };
+        // Published before any dispatch can publish them running.
+        let queued: Vec<TaskView> = if self.events.active() {
+            tasks.iter().map(|t| t.view(None)).collect()
+        } else {
+            Vec::new()
+        };
+        for view in &queued {
+            self.events.publish(Event::Task(view.clone()));
+        }
+        let ops: Vec<Arc<str>> = tasks.iter().map(|t| t.op.clone()).collect();
+        self.board().insert(tasks);
+        self.pump();
+        if let Err(err) = commit.done().await {
+            self.forget_waiters(&ids);
+            let effects = self.board().withdraw(&ids);
+            self.interrupt(effects.interrupts);
+            tracing::warn!(tasks = ids.len(), error = %err, "a submission was not committed; its tasks are withdrawn");
+            for mut view in queued {
+                view.status = wire::planner::TaskStatus::Failed;
+                view.error = Some(format!("not accepted: {err}"));
+                self.events.publish(Event::Task(view));
+            }
+            return Err(err.into());
+        }
+        for op in &ops {
+            telemetry::submitted(op);
+        }
+        Ok(Submitted {
+            ids,
+            receivers,
+            replayed: false,
+            batch,
+        })
+    }
+
+    fn forget_waiters(&self, ids: &[TaskId]) {
+        let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        for id in ids {
+            waiters.remove(id);
+        }
     }
 
     /// The answer to a submission whose key was stored: the first one's

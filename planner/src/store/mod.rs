@@ -8,14 +8,17 @@
 //! results are written behind (a result lost in a crash just means the task
 //! runs again, and is still recorded once).
 
+mod inbox;
 pub mod pg_retention;
 pub mod postgres;
 mod sqlite;
 
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use inbox::Inbox;
 
 use tokio::sync::oneshot;
 use wire::TaskId;
@@ -172,6 +175,19 @@ enum SqliteWrite {
     Flush(oneshot::Sender<()>),
 }
 
+/// A commit under way (see [`Store::begin_insert`]).
+pub struct Commit(oneshot::Receiver<Result<Insertion, CommitError>>);
+
+impl Commit {
+    /// Resolves once the tasks are on disk, or the commit failed.
+    pub async fn done(self) -> Result<(), StoreError> {
+        match self.0.await {
+            Ok(result) => result.map(|_| ()).map_err(StoreError::from),
+            Err(_) => Err(StoreError::Stopped),
+        }
+    }
+}
+
 /// What a restart finds in the data dir.
 pub struct Recovered {
     /// Unfinished tasks (to run again) and the most recent finished ones.
@@ -200,7 +216,7 @@ type MemoryKey = (String, Vec<TaskId>, u64);
 pub struct Store {
     /// Held (locked) for as long as the store is open.
     _lock: Option<std::fs::File>,
-    writer: Option<mpsc::Sender<SqliteWrite>>,
+    writer: Option<Arc<Inbox<SqliteWrite>>>,
     reader: Option<Mutex<rusqlite::Connection>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// The next id to hand out (SQLite and memory stores; PostgreSQL takes
@@ -269,13 +285,16 @@ impl Store {
         let recovered = sqlite::recover(&conn, recent_finished)?;
         let retained = sqlite::Retained::counted(&conn);
         let reader = sqlite::open(&path)?;
-        let (tx, rx) = mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("store-writer".into())
-            .spawn(move || write_loop(conn, rx, retained))?;
+        let inbox = Arc::new(Inbox::default());
+        let thread = {
+            let inbox = inbox.clone();
+            std::thread::Builder::new()
+                .name("store-writer".into())
+                .spawn(move || write_loop(conn, inbox, retained))?
+        };
         let store = Self {
             _lock: Some(lock),
-            writer: Some(tx),
+            writer: Some(inbox),
             reader: Some(Mutex::new(reader)),
             thread: Mutex::new(Some(thread)),
             next_id: AtomicU64::new(recovered.next_id),
@@ -311,12 +330,28 @@ impl Store {
         };
         let (ack, done) = oneshot::channel();
         writer
-            .send(SqliteWrite::Insert(tasks, key, ack))
+            .send(SqliteWrite::Insert(tasks, key, ack), true)
             .map_err(|_| StoreError::Stopped)?;
         match done.await {
             Ok(result) => Ok(result?),
             Err(_) => Err(StoreError::Stopped),
         }
+    }
+
+    /// Sends new tasks (with no idempotency key) to be committed and returns
+    /// at once; the [`Commit`] resolves once they are on disk. For a caller
+    /// that starts work on them meanwhile (and acknowledges only after). `None`
+    /// unless this is the SQLite store: PostgreSQL's tasks are claimed from
+    /// the database by any replica, so they must be in it first.
+    pub fn begin_insert(&self, tasks: Vec<Task>) -> Option<Result<Commit, StoreError>> {
+        let writer = self.writer.as_ref()?;
+        let (ack, done) = oneshot::channel();
+        Some(
+            writer
+                .send(SqliteWrite::Insert(tasks, None, ack), true)
+                .map(|()| Commit(done))
+                .map_err(|_| StoreError::Stopped),
+        )
     }
 
     fn insert_key_in_memory(&self, tasks: &[Task], key: Option<Idempotency>) -> Insertion {
@@ -394,7 +429,7 @@ impl Store {
         };
         let (ack, done) = oneshot::channel();
         writer
-            .send(SqliteWrite::Expire(expiry, ack))
+            .send(SqliteWrite::Expire(expiry, ack), true)
             .map_err(|_| StoreError::Stopped)?;
         match done.await {
             Ok(result) => Ok(result?),
@@ -421,7 +456,7 @@ impl Store {
         if let Some(pg) = &self.postgres {
             pg.finished(task);
         } else if let Some(writer) = &self.writer {
-            let _ = writer.send(SqliteWrite::Finished(task));
+            let _ = writer.send(SqliteWrite::Finished(task), false);
         }
     }
 
@@ -430,7 +465,7 @@ impl Store {
         if let Some(pg) = &self.postgres {
             pg.progress(progress);
         } else if let Some(writer) = &self.writer {
-            let _ = writer.send(SqliteWrite::Progress(progress));
+            let _ = writer.send(SqliteWrite::Progress(progress), false);
         }
     }
 
@@ -452,7 +487,7 @@ impl Store {
             pg.flush().await;
         } else if let Some(writer) = &self.writer {
             let (tx, rx) = oneshot::channel();
-            if writer.send(SqliteWrite::Flush(tx)).is_ok() {
+            if writer.send(SqliteWrite::Flush(tx), true).is_ok() {
                 let _ = rx.await;
             }
         }
@@ -491,7 +526,9 @@ fn lock_dir(dir: &std::path::Path) -> Result<std::fs::File, StoreError> {
 
 impl Drop for Store {
     fn drop(&mut self) {
-        self.writer.take();
+        if let Some(writer) = self.writer.take() {
+            writer.close();
+        }
         if let Some(thread) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = thread.join();
         }
@@ -505,39 +542,41 @@ const MAX_BATCH: usize = 8192;
 /// results it still holds again (when nothing new arrives meanwhile).
 const RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// How long a batch of results alone may wait for more before it commits.
+/// Nobody waits on a result's commit (they are written behind), and each
+/// commit costs an fsync: gathering a few milliseconds of results makes that
+/// one fsync per few hundred results instead of one per handful. A result
+/// still reaches the disk within this time (or it runs again after a crash,
+/// recorded once).
+const RESULT_LINGER: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Whether someone waits on this write's commit.
+fn awaited(write: &SqliteWrite) -> bool {
+    !matches!(write, SqliteWrite::Finished(_) | SqliteWrite::Progress(_))
+}
+
 fn write_loop(
     mut conn: rusqlite::Connection,
-    rx: mpsc::Receiver<SqliteWrite>,
+    inbox: Arc<Inbox<SqliteWrite>>,
     mut retained: sqlite::Retained,
 ) {
     // Results and attempt counts of a failed commit (a full disk): kept and
     // written with a later batch, so none is lost while the disk is full.
     let mut held: Vec<SqliteWrite> = Vec::new();
     loop {
-        let first = if held.is_empty() {
-            match rx.recv() {
-                Ok(write) => Some(write),
-                Err(_) => return,
-            }
-        } else {
-            match rx.recv_timeout(RETRY_AFTER) {
-                Ok(write) => Some(write),
-                Err(mpsc::RecvTimeoutError::Timeout) => None,
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    // Stopping: one last try, then give up on them (they
-                    // run again after a restart, recorded once).
-                    let _ = sqlite::apply(&mut conn, &held, &mut retained);
-                    return;
-                }
-            }
-        };
+        let retrying = !held.is_empty();
         let mut batch = std::mem::take(&mut held);
-        batch.extend(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(write) => batch.push(write),
-                Err(_) => break,
+        let timeout = retrying.then_some(RETRY_AFTER);
+        if inbox.wait(&mut batch, MAX_BATCH, timeout).is_err() {
+            // Stopping: one last try for what is held, then give up on it
+            // (those tasks run again after a restart, recorded once).
+            if !batch.is_empty() {
+                let _ = sqlite::apply(&mut conn, &batch, &mut retained);
             }
+            return;
+        }
+        if !retrying && !batch.iter().any(awaited) {
+            inbox.linger(&mut batch, MAX_BATCH, Instant::now() + RESULT_LINGER);
         }
         let result = sqlite::apply(&mut conn, &batch, &mut retained).map_err(CommitError::from);
         let mut replays = result
