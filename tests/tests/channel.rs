@@ -191,6 +191,64 @@ async fn a_channel_cut_mid_task_requeues_exactly_the_tasks_in_flight() -> Result
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_unanswered_past_the_dispatch_timeout_is_lost_and_its_late_answer_ignored()
+-> Result<()> {
+    // One attempt only, so the first loss is final and visible as such.
+    let mut system =
+        System::start(&[("DISPATCH_TIMEOUT_MS", "300"), ("MAX_ATTEMPTS", "1")]).await?;
+    let worker_url = system
+        .add_worker(
+            "slow",
+            &[("CHANNEL", "on"), ("SLOTS", "1"), ("WORK_MS", "2500")],
+        )
+        .await?
+        .url();
+    system.wait_for_workers(1).await?;
+    wait_for_channel(&worker_url, true).await?;
+    let ids = system
+        .submit_ids(&json!({"op": "add", "args": [2, 2]}))
+        .await?;
+    let finished = system.wait_final(&ids, Duration::from_secs(10)).await?;
+    let task = &finished[0];
+    assert_eq!(task.status, TaskStatus::Failed, "{task:?}");
+    assert_eq!(task.result, None, "{task:?}");
+    let error = task.error.clone().unwrap_or_default();
+    assert!(
+        error.contains("no answer within 300 ms"),
+        "the failure says why: {task:?}"
+    );
+    assert_eq!(
+        dispatches(&system, "channel").await?,
+        1.0,
+        "sent on the channel"
+    );
+    // The worker finishes its call anyway and answers; the planner must
+    // ignore that answer (the task's dispatch is no longer current).
+    poll(
+        Duration::from_secs(10),
+        "the worker to finish its late call",
+        || async {
+            let text = reqwest::get(format!("{worker_url}/"))
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            text.starts_with("ready to work").then_some(())
+        },
+    )
+    .await?;
+    system.wait_for_workers(1).await?;
+    let again = system.task(ids[0]).await?;
+    assert_eq!(again.status, TaskStatus::Failed, "{again:?}");
+    assert_eq!(
+        again.result, None,
+        "the late answer was not recorded: {again:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_per_task_http_worker_and_a_channel_worker_serve_the_same_planner() -> Result<()> {
     let mut system = System::start(&[]).await?;
     let common = [("SLOTS", "2"), ("WORK_MS", "100")];

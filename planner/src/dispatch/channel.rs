@@ -2,12 +2,15 @@
 //!
 //! A worker opens one channel (a WebSocket) after registering; while it is
 //! open, the dispatcher sends that worker's tasks on it instead of one HTTP
-//! request each. Each dispatch waits on a oneshot keyed by its dispatch id,
-//! resolved by the worker's answer frame, so answers may come in any order
-//! and as many tasks as the worker has slots are in flight at once. The
-//! board and its exactly-once rule are untouched: an answer is still settled
-//! against the dispatch it belongs to, and one for a dispatch that is no
-//! longer current is ignored there.
+//! request each. A task sent is kept by its dispatch id until the worker's
+//! answer frame names it, so answers may come in any order and as many tasks
+//! as the worker has slots are in flight at once. The answer is settled
+//! right where it is read (no task spawned, no oneshot, no timer per task:
+//! those were most of the planner's cost per task); a sweep a few times per
+//! dispatch timeout settles the ones that never came as lost. The board and
+//! its exactly-once rule are untouched: an answer is still settled against
+//! the dispatch it belongs to, and one for a dispatch that is no longer
+//! current is ignored there.
 //!
 //! A channel that closes, for any reason (the worker died, its socket was
 //! cut, it sent a frame we refuse, it fell silent for longer than the
@@ -18,12 +21,12 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, close_code};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use wire::channel::{Refusal, ToPlanner, ToWorker};
 
@@ -35,9 +38,26 @@ const MAX_FRAMES_PER_WRITE: usize = 256;
 /// How long a closing channel waits to tell the worker why.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// What settles an answer read from a channel (the planner's board).
+pub type Settle = Arc<dyn Fn(Assignment, Answer) + Send + Sync>;
+
+/// How a task was handed to a worker's channel.
+pub enum Sent {
+    /// On its way; its answer will be settled when it comes.
+    Sent,
+    /// The worker has no channel: send it some other way.
+    NoChannel(Assignment),
+    /// The channel closed: the worker is presumed gone, as if the send had
+    /// failed on a connection.
+    Closed(Assignment, String),
+}
+
 /// The open channels, one per worker id at most.
 pub struct Channels {
     open: Mutex<HashMap<Arc<str>, Arc<Link>>>,
+    settle: OnceLock<Settle>,
+    /// How long a task sent may go unanswered before it is settled as lost.
+    timeout: Duration,
     /// A side that hears nothing for this long closes the channel: the
     /// planner's `HEARTBEAT_TIMEOUT_MS`, so a silent worker is noticed no
     /// later than its missed heartbeats would have been.
@@ -54,19 +74,21 @@ pub struct Link {
     out: mpsc::UnboundedSender<ToWorker>,
     state: Mutex<LinkState>,
     closing: CancellationToken,
+    settle: Settle,
 }
 
 #[derive(Default)]
 struct LinkState {
     /// Why it closed; nothing is added to `waiting` once set.
     closed: Option<String>,
-    /// Dispatches sent and not yet answered. At most the worker's slots:
-    /// the board never has more of its tasks in flight.
-    waiting: HashMap<u64, oneshot::Sender<Answer>>,
+    /// Dispatches sent and not yet answered, with when they were sent. At
+    /// most the worker's slots: the board never has more of its tasks in
+    /// flight.
+    waiting: HashMap<u64, (Assignment, Instant)>,
 }
 
 impl Channels {
-    pub fn new(silence: Duration, token: &serve::auth::Token) -> Self {
+    pub fn new(silence: Duration, timeout: Duration, token: &serve::auth::Token) -> Self {
         let authorization = token
             .headers()
             .get(axum::http::header::AUTHORIZATION)
@@ -74,6 +96,8 @@ impl Channels {
             .map(|value| wire::channel::Secret(value.to_string()));
         Self {
             open: Mutex::new(HashMap::new()),
+            settle: OnceLock::new(),
+            timeout,
             silence: silence.max(Duration::from_millis(30)),
             authorization,
             next_serial: AtomicU64::new(1),
@@ -89,6 +113,21 @@ impl Channels {
         self.lock().get(worker).cloned()
     }
 
+    /// Where answers go; set once, before any channel opens.
+    pub fn settle_with(&self, settle: Settle) {
+        if self.settle.set(settle).is_err() {
+            tracing::error!("the channels' answers were already routed; ignoring the second route");
+        }
+    }
+
+    /// Sends a task on its worker's channel, if it has one open.
+    pub fn send(&self, assignment: Assignment) -> Sent {
+        match self.get(&assignment.worker) {
+            Some(link) => link.send(assignment),
+            None => Sent::NoChannel(assignment),
+        }
+    }
+
     /// Serves a worker's channel until it closes. A channel the same worker
     /// had open before is closed first (its tasks are lost, as they would be
     /// if it had reconnected after a cut).
@@ -100,6 +139,10 @@ impl Channels {
         socket: WebSocket,
         stopping: CancellationToken,
     ) {
+        let Some(settle) = self.settle.get().cloned() else {
+            tracing::error!(worker = %worker, "a channel opened before answers had a route; closing it");
+            return;
+        };
         let (out, mut frames) = mpsc::unbounded_channel();
         let link = Arc::new(Link {
             serial: self.next_serial.fetch_add(1, Ordering::Relaxed),
@@ -107,6 +150,7 @@ impl Channels {
             out,
             state: Mutex::new(LinkState::default()),
             closing: CancellationToken::new(),
+            settle,
         });
         let replaced = self.lock().insert(worker.clone(), link.clone());
         if let Some(old) = replaced {
@@ -125,9 +169,11 @@ impl Channels {
         let ending = {
             let writer = write_frames(&mut sink, &mut frames, hello, ping);
             let reader = read_frames(&mut stream, &link, self.silence);
+            let sweeper = link.sweep_forever(self.timeout);
             tokio::select! {
                 ending = reader => ending,
                 ending = writer => ending,
+                never = sweeper => match never {},
                 () = link.closing.cancelled() => Ending::normal(link.reason()),
                 () = stopping.cancelled() => Ending::normal("the planner is stopping".into()),
             }
@@ -166,32 +212,57 @@ impl Link {
             .unwrap_or_else(|| "closed by the planner".into())
     }
 
-    /// Sends a task and waits for its answer, at most `timeout`.
-    pub async fn dispatch(&self, assignment: &Assignment, timeout: Duration) -> Answer {
-        let (answered, answer) = oneshot::channel();
-        {
-            let mut state = self.lock();
-            if let Some(reason) = &state.closed {
-                return Answer::Lost(format!("dispatch channel closed: {reason}"));
-            }
-            state.waiting.insert(assignment.dispatch, answered);
-        }
+    /// Sends a task; its answer is settled when it comes (or when the
+    /// channel closes, or its time runs out).
+    pub fn send(&self, assignment: Assignment) -> Sent {
         let frame = ToWorker::Task {
             dispatch: assignment.dispatch,
             id: assignment.task,
             op: assignment.op.to_string(),
             args: assignment.args.to_vec(),
         };
-        if self.out.send(frame).is_err() {
-            self.lock().waiting.remove(&assignment.dispatch);
-            return Answer::Lost("dispatch channel closed".into());
+        let dispatch = assignment.dispatch;
+        {
+            let mut state = self.lock();
+            if let Some(reason) = &state.closed {
+                let reason = format!("dispatch channel closed: {reason}");
+                return Sent::Closed(assignment, reason);
+            }
+            state.waiting.insert(dispatch, (assignment, Instant::now()));
         }
-        match tokio::time::timeout(timeout, answer).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => Answer::Lost("dispatch channel closed".into()),
-            Err(_) => {
-                self.lock().waiting.remove(&assignment.dispatch);
-                Answer::Lost(format!("no answer within {} ms", timeout.as_millis()))
+        if self.out.send(frame).is_err()
+            && let Some((assignment, _)) = self.lock().waiting.remove(&dispatch)
+        {
+            return Sent::Closed(assignment, "dispatch channel closed".into());
+        }
+        Sent::Sent
+    }
+
+    /// Settles as lost, every `timeout / 4`, the tasks unanswered for longer
+    /// than `timeout` (the worker hung, or never got them). Never returns.
+    async fn sweep_forever(&self, timeout: Duration) -> std::convert::Infallible {
+        let every = (timeout / 4).clamp(Duration::from_millis(5), Duration::from_secs(1));
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let now = Instant::now();
+            let expired: Vec<Assignment> = {
+                let mut state = self.lock();
+                let due: Vec<u64> = state
+                    .waiting
+                    .iter()
+                    .filter(|(_, (_, sent))| now.duration_since(*sent) >= timeout)
+                    .map(|(dispatch, _)| *dispatch)
+                    .collect();
+                due.iter()
+                    .filter_map(|d| state.waiting.remove(d))
+                    .map(|(assignment, _)| assignment)
+                    .collect()
+            };
+            for assignment in expired {
+                let reason = format!("no answer within {} ms", timeout.as_millis());
+                (self.settle)(assignment, Answer::Lost(reason));
             }
         }
     }
@@ -218,18 +289,19 @@ impl Link {
                 "dispatch channel closed with tasks in flight; they are lost"
             );
         }
-        for (_, answered) in waiting {
-            let _ = answered.send(Answer::Lost(format!("dispatch channel closed: {reason}")));
-        }
         self.closing.cancel();
+        for (_, (assignment, _)) in waiting {
+            (self.settle)(
+                assignment,
+                Answer::Lost(format!("dispatch channel closed: {reason}")),
+            );
+        }
     }
 
     fn answer(&self, dispatch: u64, answer: Answer) {
         let waiting = self.lock().waiting.remove(&dispatch);
         match waiting {
-            Some(answered) => {
-                let _ = answered.send(answer);
-            }
+            Some((assignment, _)) => (self.settle)(assignment, answer),
             // Its wait timed out (it was settled as lost already).
             None => {
                 tracing::debug!(worker = %self.worker, dispatch, "answer for no waiting dispatch ignored")

@@ -35,7 +35,7 @@ impl Dispatcher {
             // A worker answers; it never sends the planner elsewhere.
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        let channels = Arc::new(channel::Channels::new(silence, &token));
+        let channels = Arc::new(channel::Channels::new(silence, timeout, &token));
         Ok(Self {
             client,
             token,
@@ -86,13 +86,22 @@ impl Dispatcher {
         });
     }
 
-    pub async fn send(&self, assignment: &Assignment) -> Answer {
-        if !assignment.legacy
-            && let Some(link) = self.channels.get(&assignment.worker)
-        {
-            crate::telemetry::dispatched("channel");
-            return link.dispatch(assignment, self.timeout).await;
+    /// Sends a task on its worker's dispatch channel if it has one open (its
+    /// answer is settled by the channel); `NoChannel` says to [`Self::send`]
+    /// it as a request instead.
+    pub fn send_on_channel(&self, assignment: Assignment) -> channel::Sent {
+        if assignment.legacy {
+            return channel::Sent::NoChannel(assignment);
         }
+        let sent = self.channels.send(assignment);
+        if matches!(sent, channel::Sent::Sent) {
+            crate::telemetry::dispatched("channel");
+        }
+        sent
+    }
+
+    /// Sends a task as one HTTP request and waits for its answer.
+    pub async fn send(&self, assignment: &Assignment) -> Answer {
         crate::telemetry::dispatched("http");
         let request = if assignment.legacy {
             let Some(route) = wire::legacy::route_for_op(&assignment.op) else {

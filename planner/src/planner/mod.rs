@@ -36,6 +36,7 @@ use wire::planner::{TaskView, WorkerChange, WorkerEvent};
 
 use crate::board::{Assignment, Board, Effects};
 use crate::dispatch::Dispatcher;
+use crate::dispatch::channel::Sent;
 use crate::events::{Event, Events};
 use crate::modules::Modules;
 use crate::store::Store;
@@ -86,7 +87,7 @@ impl Planner {
             pusher,
             replica,
         } = parts;
-        Arc::new(Self {
+        let planner = Arc::new(Self {
             board: Mutex::new(board),
             store,
             dispatcher,
@@ -97,7 +98,9 @@ impl Planner {
             gaps: crate::latency::Recorder::default(),
             events: Events::default(),
             replica,
-        })
+        });
+        planner.route_channel_answers();
+        planner
     }
 
     fn board(&self) -> std::sync::MutexGuard<'_, Board> {
@@ -138,16 +141,41 @@ impl Planner {
             self.events.publish(Event::Task(view));
         }
         for assignment in assignments {
+            let gap = trigger.elapsed();
+            self.gaps.record(gap);
+            telemetry::dispatch_gap(gap);
             let planner = self.clone();
-            tokio::spawn(async move {
-                let gap = trigger.elapsed();
-                planner.gaps.record(gap);
-                telemetry::dispatch_gap(gap);
-                let answer = planner.dispatcher.send(&assignment).await;
-                planner.settle(&assignment, answer);
-            });
+            match self.dispatcher.send_on_channel(assignment) {
+                Sent::Sent => {}
+                // Settled from a task of its own: settling pumps again, and
+                // this pump is not done handing out.
+                Sent::Closed(assignment, reason) => {
+                    tokio::spawn(async move {
+                        planner.settle(&assignment, crate::board::Answer::Lost(reason));
+                    });
+                }
+                Sent::NoChannel(assignment) => {
+                    tokio::spawn(async move {
+                        let answer = planner.dispatcher.send(&assignment).await;
+                        planner.settle(&assignment, answer);
+                    });
+                }
+            }
         }
         self.slots_freed();
+    }
+
+    /// Routes the answers read from workers' dispatch channels to the board.
+    /// Held weakly: the channels belong to the planner.
+    fn route_channel_answers(self: &Arc<Self>) {
+        let planner = Arc::downgrade(self);
+        self.dispatcher
+            .channels()
+            .settle_with(Arc::new(move |assignment, answer| {
+                if let Some(planner) = planner.upgrade() {
+                    planner.settle(&assignment, answer);
+                }
+            }));
     }
 
     /// Whether this planner can take work: always, unless it shares its
