@@ -95,14 +95,14 @@ impl Dispatcher {
         }
         let sent = self.channels.send(assignment);
         if matches!(sent, channel::Sent::Sent) {
-            crate::telemetry::dispatched("channel");
+            crate::telemetry::dispatched(true);
         }
         sent
     }
 
     /// Sends a task as one HTTP request and waits for its answer.
     pub async fn send(&self, assignment: &Assignment) -> Answer {
-        crate::telemetry::dispatched("http");
+        crate::telemetry::dispatched(false);
         let request = if assignment.legacy {
             let Some(route) = wire::legacy::route_for_op(&assignment.op) else {
                 return Answer::Lacks;
