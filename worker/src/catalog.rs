@@ -18,6 +18,8 @@ pub struct Entry {
     pub module: OpModule,
     pub source: ModuleSource,
     pub loaded_at_ms: u64,
+    /// The op's per-task metric series, held rather than looked up per task.
+    pub metrics: crate::telemetry::OpMetrics,
 }
 
 pub struct Catalog {
@@ -88,6 +90,7 @@ impl Catalog {
             module,
             source,
             loaded_at_ms: serve::now_ms(),
+            metrics: Default::default(),
         });
         {
             let _writer = self.write.lock().unwrap_or_else(|p| p.into_inner());

@@ -211,7 +211,9 @@ impl Executor {
                 })
             }
         };
-        telemetry::ran(op, &output, started.elapsed(), call_started.elapsed());
+        entry
+            .metrics
+            .ran(op, &output, started.elapsed(), call_started.elapsed());
         if let Some(id) = id {
             // One line per execution (`LOG=info,worker::executor=debug`): the
             // real-cluster test counts them to prove no task ran twice.

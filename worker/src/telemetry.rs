@@ -1,25 +1,55 @@
 //! The worker's Prometheus metrics, named in one place.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::{counter, gauge, histogram};
+use metrics::{Counter, Histogram, counter, gauge, histogram};
 use wire::worker::ModuleSource;
 
 use crate::sandbox::CallError;
 
-/// A task that ran: its outcome, its whole time and the sandboxed call's.
-pub fn ran(op: &str, outcome: &Result<i64, CallError>, total: Duration, call: Duration) {
-    let kind = match outcome {
-        Ok(_) => "ok",
-        Err(err) => err.kind(),
-    };
-    counter!("worker_tasks_total", "op" => op.to_string(), "outcome" => kind).increment(1);
-    histogram!("worker_task_duration_seconds", "op" => op.to_string()).record(total.as_secs_f64());
-    histogram!("worker_wasm_call_seconds", "op" => op.to_string()).record(call.as_secs_f64());
-    if let Err(err @ (CallError::Deadline(_) | CallError::Memory { .. } | CallError::Trap(_))) =
-        outcome
-    {
-        counter!("worker_wasm_traps_total", "kind" => err.kind()).increment(1);
+/// The series every task of one op touches. Registered on the op's first
+/// task (so `/metrics` shows nothing before, as when each task looked them
+/// up) and then held: looking a series up per task hashed its labels and
+/// allocated the `op` label every time.
+#[derive(Default)]
+pub struct OpMetrics {
+    series: OnceLock<Series>,
+}
+
+struct Series {
+    ok: OnceLock<Counter>,
+    task_seconds: Histogram,
+    call_seconds: Histogram,
+}
+
+impl OpMetrics {
+    /// A task of `op` that ran: its outcome, its whole time and the
+    /// sandboxed call's.
+    pub fn ran(&self, op: &str, outcome: &Result<i64, CallError>, total: Duration, call: Duration) {
+        let series = self.series.get_or_init(|| Series {
+            ok: OnceLock::new(),
+            task_seconds: histogram!("worker_task_duration_seconds", "op" => op.to_string()),
+            call_seconds: histogram!("worker_wasm_call_seconds", "op" => op.to_string()),
+        });
+        match outcome {
+            Ok(_) => series
+                .ok
+                .get_or_init(
+                    || counter!("worker_tasks_total", "op" => op.to_string(), "outcome" => "ok"),
+                )
+                .increment(1),
+            Err(err) => {
+                counter!("worker_tasks_total", "op" => op.to_string(), "outcome" => err.kind())
+                    .increment(1);
+                if let CallError::Deadline(_) | CallError::Memory { .. } | CallError::Trap(_) = err
+                {
+                    counter!("worker_wasm_traps_total", "kind" => err.kind()).increment(1);
+                }
+            }
+        }
+        series.task_seconds.record(total.as_secs_f64());
+        series.call_seconds.record(call.as_secs_f64());
     }
 }
 
