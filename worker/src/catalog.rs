@@ -6,6 +6,7 @@
 //! validate outside any lock, then swap the map in one store.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -17,9 +18,20 @@ use crate::sandbox::{LoadError, OpModule, Sandbox};
 pub struct Entry {
     pub module: OpModule,
     pub source: ModuleSource,
-    pub loaded_at_ms: u64,
+    /// When calls started getting this version: stamped again once it is in
+    /// the catalog, so a task that ran the previous version never started
+    /// after it (the fleet rollout's acknowledgement is this time).
+    loaded_at_ms: AtomicU64,
     /// The op's per-task metric series, held rather than looked up per task.
     pub metrics: crate::telemetry::OpMetrics,
+    /// How long this version's calls take.
+    pub pace: crate::executor::Pace,
+}
+
+impl Entry {
+    pub fn loaded_at_ms(&self) -> u64 {
+        self.loaded_at_ms.load(Ordering::Relaxed)
+    }
 }
 
 pub struct Catalog {
@@ -89,8 +101,9 @@ impl Catalog {
         let entry = Arc::new(Entry {
             module,
             source,
-            loaded_at_ms: serve::now_ms(),
+            loaded_at_ms: AtomicU64::new(serve::now_ms()),
             metrics: Default::default(),
+            pace: Default::default(),
         });
         {
             let _writer = self.write.lock().unwrap_or_else(|p| p.into_inner());
@@ -100,6 +113,7 @@ impl Catalog {
             crate::telemetry::module_load(name, source, true, previous.is_some() && !unchanged);
             next.insert(name.to_string(), entry.clone());
             self.current.store(Arc::new(next));
+            entry.loaded_at_ms.store(serve::now_ms(), Ordering::Relaxed);
             self.lock_errors().remove(name);
             if unchanged {
                 return Ok(entry);
@@ -163,7 +177,7 @@ impl Catalog {
             .map(|(name, e)| LoadedOp {
                 info: e.module.info(),
                 source: e.source,
-                loaded_at_ms: e.loaded_at_ms,
+                loaded_at_ms: e.loaded_at_ms(),
                 last_error: errors.get(name).cloned(),
             })
             .collect();

@@ -17,7 +17,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use reqwest::header::HeaderValue;
 use serve::auth::Token;
 use tokio::net::TcpStream;
@@ -152,9 +153,7 @@ impl Channel {
 
     async fn session(&mut self, socket: Socket, home: &str, finish: &CancellationToken) -> End {
         let (mut sink, mut stream) = socket.split();
-        let mut running: JoinSet<(u64, ToPlanner)> = JoinSet::new();
-        // dispatch -> task id, to interrupt what is left if the channel closes.
-        let mut in_flight: HashMap<u64, TaskId> = HashMap::new();
+        let mut running = Tasks::new();
         let mut silence = DEFAULT_SILENCE;
         let mut pings = tokio::time::interval(DEFAULT_PING);
         pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -221,32 +220,23 @@ impl Channel {
                                 }
                                 continue;
                             }
-                            in_flight.insert(dispatch, id);
+                            let brief = self.executor.runs_briefly(&op);
                             let executor = self.executor.clone();
-                            running.spawn(async move {
+                            let task = async move {
                                 let answer = run(&executor, dispatch, id, &op, args).await;
                                 (dispatch, answer)
-                            });
+                            };
+                            running.start(dispatch, id, task, brief);
                         }
                         ToWorker::Cancel { id } => {
                             self.executor.cancel(id);
                         }
                     }
                 }
-                Some(done) = running.join_next(), if !running.is_empty() => {
+                Some(done) = running.next(), if !running.is_empty() => {
                     // Everything finished by now goes out in one flush.
-                    let mut batch = Vec::new();
-                    let mut next = Some(done);
-                    while let Some(done) = next {
-                        match done {
-                            Ok((dispatch, answer)) => {
-                                in_flight.remove(&dispatch);
-                                batch.push(answer);
-                            }
-                            Err(err) => tracing::error!(error = %err, "a channel task failed"),
-                        }
-                        next = running.try_join_next();
-                    }
+                    let mut batch = vec![done];
+                    running.finished(&mut batch);
                     if let Err(err) = write_all(&mut sink, &batch).await {
                         break format!("could not write to the planner: {err}");
                     }
@@ -270,10 +260,7 @@ impl Channel {
         };
         // The planner counts these tasks lost and runs them again elsewhere:
         // stop their calls rather than compute answers nobody will read.
-        for id in in_flight.values() {
-            self.executor.cancel(*id);
-        }
-        running.abort_all();
+        running.stop(&self.executor);
         if token_refused {
             let close = Message::Close(Some(CloseFrame {
                 code: CloseCode::Policy,
@@ -283,6 +270,78 @@ impl Channel {
             return End::Refused(end);
         }
         End::Closed(end)
+    }
+}
+
+/// The tasks a session has in flight. The calls of an op that runs briefly
+/// (microseconds, see [`Executor::runs_briefly`]) are polled by the session
+/// itself: a spawned task per call cost more than the call, in wake-ups of
+/// the other runtime threads. Longer ones get a task each, so that the
+/// slots' calls run in parallel on the runtime's threads.
+struct Tasks<F> {
+    polled: FuturesUnordered<F>,
+    spawned: JoinSet<(u64, ToPlanner)>,
+    /// dispatch -> task id, to interrupt what is left if the channel closes.
+    ids: HashMap<u64, TaskId>,
+}
+
+impl<F: Future<Output = (u64, ToPlanner)> + Send + 'static> Tasks<F> {
+    fn new() -> Self {
+        Self {
+            polled: FuturesUnordered::new(),
+            spawned: JoinSet::new(),
+            ids: HashMap::new(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.polled.len() + self.spawned.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn start(&mut self, dispatch: u64, id: TaskId, task: F, brief: bool) {
+        self.ids.insert(dispatch, id);
+        if brief {
+            self.polled.push(task);
+        } else {
+            self.spawned.spawn(task);
+        }
+    }
+
+    /// The next task to finish (`None` once none is left).
+    async fn next(&mut self) -> Option<ToPlanner> {
+        loop {
+            let done = tokio::select! {
+                Some(done) = self.polled.next(), if !self.polled.is_empty() => done,
+                Some(joined) = self.spawned.join_next(), if !self.spawned.is_empty() => match joined {
+                    Ok(done) => done,
+                    Err(err) => {
+                        tracing::error!(error = %err, "a channel task failed");
+                        continue;
+                    }
+                },
+                else => return None,
+            };
+            self.ids.remove(&done.0);
+            return Some(done.1);
+        }
+    }
+
+    /// Adds every task finished by now to `batch`.
+    fn finished(&mut self, batch: &mut Vec<ToPlanner>) {
+        while let Some(Some(answer)) = self.next().now_or_never() {
+            batch.push(answer);
+        }
+    }
+
+    /// Interrupts every call still running and drops the tasks.
+    fn stop(self, executor: &Executor) {
+        for id in self.ids.values() {
+            executor.cancel(*id);
+        }
     }
 }
 

@@ -132,6 +132,13 @@ impl Executor {
         cancelled
     }
 
+    /// Whether the calls of `op` lately took microseconds (see [`Pace`]).
+    pub fn runs_briefly(&self, op: &str) -> bool {
+        self.catalog
+            .get(op)
+            .is_none_or(|entry| entry.pace.is_brief())
+    }
+
     /// Runs a task; `id` is the planner's, or `None` for a legacy call.
     pub async fn run(&self, id: Option<TaskId>, op: &str, args: Vec<i64>) -> Result<Run, Refusal> {
         let outcome = self.run_counted(id, op, args).await;
@@ -211,9 +218,9 @@ impl Executor {
                 })
             }
         };
-        entry
-            .metrics
-            .ran(op, &output, started.elapsed(), call_started.elapsed());
+        let call_time = call_started.elapsed();
+        entry.pace.record(call_time);
+        entry.metrics.ran(op, &output, started.elapsed(), call_time);
         if let Some(id) = id {
             // One line per execution (`LOG=info,worker::executor=debug`): the
             // real-cluster test counts them to prove no task ran twice.
@@ -237,6 +244,30 @@ impl Executor {
     }
 }
 
+/// How long an op's calls take: a moving average of the last few (each new
+/// call weighs 1/8), in µs. The dispatch channel polls the calls of an op
+/// under [`Pace::BRIEF_US`] itself, one after another, and gives longer ones
+/// a task each so that they run in parallel. A call the OS preempted looks
+/// long for a few calls, then the average comes back down.
+#[derive(Debug, Default)]
+pub struct Pace(std::sync::atomic::AtomicU32);
+
+impl Pace {
+    const BRIEF_US: u32 = 100;
+
+    pub fn record(&self, took: std::time::Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let took = u32::try_from(took.as_micros()).unwrap_or(u32::MAX);
+        // Concurrent calls may lose an update of each other's: harmless.
+        let average = self.0.load(Relaxed);
+        self.0.store(average - average / 8 + took / 8, Relaxed);
+    }
+
+    pub fn is_brief(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed) < Self::BRIEF_US
+    }
+}
+
 /// Keeps a task listed in `GET /` exactly while it runs, even if the request
 /// is dropped half-way.
 struct RunningGuard<'a> {
@@ -254,5 +285,42 @@ impl<'a> RunningGuard<'a> {
 impl Drop for RunningGuard<'_> {
     fn drop(&mut self) {
         self.executor.lock_running().remove(&self.key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::Pace;
+
+    #[test]
+    fn an_op_is_brief_until_its_calls_take_long_and_again_once_they_are_short() {
+        let pace = Pace::default();
+        assert!(pace.is_brief(), "an op nothing is known about yet");
+        for _ in 0..100 {
+            pace.record(Duration::from_micros(8));
+        }
+        assert!(pace.is_brief());
+        // One call preempted for 2 ms: long for a few calls only.
+        pace.record(Duration::from_millis(2));
+        assert!(!pace.is_brief());
+        let calls_back = (1..100)
+            .find(|_| {
+                pace.record(Duration::from_micros(8));
+                pace.is_brief()
+            })
+            .expect("brief again");
+        assert!(calls_back <= 25, "{calls_back} calls to come back");
+        // Calls that take milliseconds each keep it long.
+        for _ in 0..50 {
+            pace.record(Duration::from_millis(3));
+        }
+        assert!(!pace.is_brief());
+        // Even the longest call does not overflow the average.
+        for _ in 0..50 {
+            pace.record(Duration::from_secs(3600 * 24 * 365));
+        }
+        assert!(!pace.is_brief());
     }
 }

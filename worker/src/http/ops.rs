@@ -59,7 +59,7 @@ pub async fn upload(
     Ok(Json(LoadedOp {
         info: installed.module.info(),
         source: installed.source,
-        loaded_at_ms: installed.loaded_at_ms,
+        loaded_at_ms: installed.loaded_at_ms(),
         last_error: None,
     }))
 }
