@@ -30,7 +30,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
-use wire::channel::{MAX_FRAME_BYTES, Refusal, ToPlanner, ToWorker};
+use wire::channel::{MAX_FRAME_BYTES, READ_BUFFER_BYTES, Refusal, ToPlanner, ToWorker};
 use wire::{Output, TaskId};
 
 use crate::executor::{Executor, Refusal as Refused};
@@ -45,8 +45,6 @@ const MIN_RETRY: Duration = Duration::from_millis(50);
 const MAX_RETRY: Duration = Duration::from_secs(2);
 /// After the planner failed to present the token.
 const REFUSED_RETRY: Duration = Duration::from_secs(30);
-/// How much one read from the planner's socket takes at most.
-const READ_BUFFER_BYTES: usize = 16 << 10;
 /// An op's error message longer than this is cut on the channel, so that
 /// an answer always fits in one frame (a hostile op can return megabytes).
 const MAX_ERROR_BYTES: usize = 16 << 10;
@@ -135,10 +133,8 @@ impl Channel {
             .into_client_request()
             .map_err(|err| format!("bad channel address: {err}"))?;
         request.headers_mut().extend(self.token.headers());
-        // tungstenite zero-fills its whole read buffer before every read:
-        // at the default 128 KiB that memset was 5 % of the worker's CPU
-        // under load. A frame is ~100 bytes; larger ones still arrive whole
-        // (the buffer grows to a frame's length as it is read).
+        // The default 128 KiB, zero-filled before every read, was 5 % of the
+        // worker's CPU under load too.
         let config = WebSocketConfig::default()
             .read_buffer_size(READ_BUFFER_BYTES)
             .max_message_size(Some(MAX_FRAME_BYTES))
