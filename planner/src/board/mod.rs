@@ -22,7 +22,7 @@ mod tasks;
 mod throughput;
 mod worker;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -82,7 +82,7 @@ pub struct Effects {
 }
 
 pub struct Board {
-    tasks: HashMap<TaskId, Task>,
+    tasks: rustc_hash::FxHashMap<TaskId, Task>,
     queues: BTreeMap<Arc<str>, OpQueue>,
     workers: Roster,
     next_dispatch: DispatchId,
@@ -111,7 +111,7 @@ pub struct Board {
 impl Board {
     pub fn new(max_attempts: u32, retain_finished: usize) -> Self {
         Self {
-            tasks: HashMap::new(),
+            tasks: rustc_hash::FxHashMap::default(),
             queues: BTreeMap::new(),
             workers: Roster::default(),
             next_dispatch: 1,

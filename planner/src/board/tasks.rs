@@ -150,7 +150,9 @@ impl Board {
 const SHRINK_BELOW: usize = 8;
 const MIN_CAPACITY: usize = 1024;
 
-fn shrink_map<K: std::hash::Hash + Eq, V>(map: &mut std::collections::HashMap<K, V>) {
+fn shrink_map<K: std::hash::Hash + Eq, V, S: std::hash::BuildHasher>(
+    map: &mut std::collections::HashMap<K, V, S>,
+) {
     if map.capacity() > MIN_CAPACITY && map.capacity() > map.len() * SHRINK_BELOW {
         map.shrink_to((map.len() * 2).max(MIN_CAPACITY));
     }

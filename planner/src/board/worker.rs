@@ -1,6 +1,6 @@
 //! Workers as the planner tracks them.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,7 +20,7 @@ pub struct Worker {
     /// Ops a legacy worker answered 404 for.
     pub lacks: BTreeSet<String>,
     pub slots: u32,
-    pub in_flight: HashSet<TaskId>,
+    pub in_flight: rustc_hash::FxHashSet<TaskId>,
     pub done: u64,
     pub failed: u64,
     pub wrong_op: u64,
@@ -48,7 +48,7 @@ impl Worker {
             ops,
             lacks: BTreeSet::new(),
             slots,
-            in_flight: HashSet::new(),
+            in_flight: rustc_hash::FxHashSet::default(),
             done: 0,
             failed: 0,
             wrong_op: 0,

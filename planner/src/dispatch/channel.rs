@@ -84,7 +84,7 @@ struct LinkState {
     /// Dispatches sent and not yet answered, with when they were sent. At
     /// most the worker's slots: the board never has more of its tasks in
     /// flight.
-    waiting: HashMap<u64, (Assignment, Instant)>,
+    waiting: rustc_hash::FxHashMap<u64, (Assignment, Instant)>,
 }
 
 impl Channels {

@@ -26,7 +26,6 @@ pub use replicas::Replica;
 pub use rollout::ModuleError;
 pub use tasks::{MAX_ARGS, SubmitError};
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -55,7 +54,7 @@ pub struct Planner {
     board: Mutex<Board>,
     store: Store,
     dispatcher: Dispatcher,
-    waiters: Mutex<HashMap<TaskId, Vec<oneshot::Sender<TaskView>>>>,
+    waiters: Mutex<rustc_hash::FxHashMap<TaskId, Vec<oneshot::Sender<TaskView>>>>,
     limits: Limits,
     gaps: crate::latency::Recorder,
     modules: Modules,
@@ -93,7 +92,7 @@ impl Planner {
             dispatcher,
             modules,
             pusher,
-            waiters: Mutex::new(HashMap::new()),
+            waiters: Mutex::default(),
             limits,
             gaps: crate::latency::Recorder::default(),
             events: Events::default(),
