@@ -25,11 +25,30 @@ pub const WIDTH: u32 = 1280;
 pub const HEIGHT: u32 = 900;
 
 /// chromedriver on a free 127.0.0.1 port, with a session of headless
-/// Chromium in a fresh profile. `stop` ends both.
+/// Chromium in a fresh profile. `stop` ends both; so does dropping it (a
+/// test that fails half-way), which kills their whole process group:
+/// killing chromedriver alone would leave Chromium running, holding its
+/// profile directory.
 pub struct Browser {
     driver: Child,
     pub client: Client,
     _profile: tempfile::TempDir,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        kill_group(&self.driver);
+    }
+}
+
+/// chromedriver leads its own process group, which Chromium joins.
+fn kill_group(driver: &Child) {
+    if let Some(pid) = driver.id() {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
 }
 
 impl Browser {
@@ -73,8 +92,7 @@ impl Browser {
         let client = match client {
             Ok(client) => client,
             Err(err) => {
-                let mut driver = driver;
-                let _ = driver.kill().await;
+                kill_group(&driver);
                 bail!("no Chromium session: {err}");
             }
         };
@@ -107,10 +125,10 @@ impl Browser {
         Ok(())
     }
 
-    pub async fn stop(mut self) {
-        // Closing the session makes chromedriver quit Chromium.
+    pub async fn stop(self) {
+        // Closing the session makes chromedriver quit Chromium; dropping
+        // kills whatever is left.
         let _ = self.client.clone().close().await;
-        let _ = self.driver.kill().await;
     }
 }
 
@@ -129,6 +147,7 @@ async fn start_driver(log_dir: &Path) -> Result<(Child, u16)> {
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
             .kill_on_drop(true)
+            .process_group(0)
             .spawn()
             .context("starting chromedriver")?;
         let http = reqwest::Client::new();
