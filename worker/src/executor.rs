@@ -203,14 +203,14 @@ impl Executor {
         let output = match sandbox.try_call_briefly(&entry.module, &args, &cancel) {
             Some(output) => output,
             None => {
-                // A long call: made again from the start where it may run up
-                // to its deadline without holding up health checks, the
-                // channel and the other slots.
+                // A long call: made again from the start where it may run
+                // for the rest of its deadline without holding up health
+                // checks, the channel and the other slots.
                 telemetry::call_moved(op);
                 let sandbox = sandbox.clone();
                 let module = entry.clone();
                 tokio::task::spawn_blocking(move || {
-                    sandbox.call_cancellable(&module.module, &args, &cancel)
+                    sandbox.call_after_brief(&module.module, &args, &cancel)
                 })
                 .await
                 .unwrap_or_else(|join| {

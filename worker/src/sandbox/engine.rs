@@ -102,7 +102,7 @@ impl Sandbox {
     /// The call, only if it finishes before the next epoch tick (at most
     /// 5 ms): cheap enough to make on an async thread, which it holds no
     /// longer than that. `None` when it ran out of that time (and was not
-    /// cancelled): make it again with [`Sandbox::call_cancellable`] off the
+    /// cancelled): make it again with [`Sandbox::call_after_brief`] off the
     /// async threads. Making it again from the start is safe because ops are
     /// pure (they import nothing) and every call gets a fresh store.
     pub fn try_call_briefly(
@@ -117,6 +117,21 @@ impl Sandbox {
             Err(CallError::Deadline(_)) if brief < full => None,
             done => Some(done),
         }
+    }
+
+    /// The call again, after [`Sandbox::try_call_briefly`] ran out of its
+    /// tick, under the rest of the deadline: both attempts together take no
+    /// longer than one call under the whole deadline. Blocking: call it off
+    /// the async runtime's threads.
+    pub fn call_after_brief(
+        &self,
+        module: &OpModule,
+        args: &[i64],
+        cancel: &CancellationToken,
+    ) -> Result<i64, CallError> {
+        let full = deadline_ticks(self.config.timeout);
+        let rest = full.saturating_sub(BRIEF_TICKS).max(1);
+        self.call_within(module, args, cancel, rest)
     }
 
     /// A call interrupted once `ticks` epoch ticks have passed, or at the
