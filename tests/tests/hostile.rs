@@ -71,8 +71,12 @@ async fn each_hostile_module_fails_only_its_task_with_the_limit_it_hit() -> anyh
         .await?
         .remove(0);
     let spin_end = spin.finished_at_ms.unwrap_or(0);
+    // Had the spin held both slots, nothing could finish before its 300 ms
+    // deadline. (Not all ten: on a loaded machine ten round trips may take
+    // longer than the spin lives.)
+    let during = healthy.iter().filter(|&&end| end <= spin_end).count();
     assert!(
-        healthy.iter().all(|&end| end <= spin_end),
+        healthy[0] <= spin_end && during >= 1,
         "healthy tasks finished while the spin ran: {healthy:?} vs {spin_end}"
     );
     Ok(())
