@@ -189,8 +189,10 @@ async fn a_call_outgrowing_the_guest_s_arena_still_runs_to_the_op_s_answer() -> 
 }
 
 /// A call is first made inline with a deadline of one epoch tick (≤ 5 ms);
-/// one that takes longer is made again on a blocking thread under its full
-/// deadline. It must still answer right, and stay cancellable there.
+/// one that takes longer is made again on a blocking thread under the rest
+/// of its deadline. It must still answer right; and once an op's calls take
+/// longer than the tick, its next calls go to a blocking thread at once, and
+/// stay cancellable there.
 #[tokio::test]
 async fn a_call_past_the_brief_inline_attempt_finishes_on_a_blocking_thread_and_stays_cancellable()
 -> anyhow::Result<()> {
@@ -207,8 +209,9 @@ async fn a_call_past_the_brief_inline_attempt_finishes_on_a_blocking_thread_and_
         .await?
         .url();
     system.wait_for_workers(1).await?;
-    // 30 million dependent rounds: tens of milliseconds at the very least.
-    let (rounds, seed) = (30_000_000, 7);
+    // 200 million dependent rounds: a tenth of a second at the very least,
+    // so the op's average call (1/8 of this one) outlasts the 5 ms tick.
+    let (rounds, seed) = (200_000_000, 7);
     let (status, body) = system
         .post_json(
             "/tasks?wait=true&timeout_ms=60000",
@@ -218,7 +221,7 @@ async fn a_call_past_the_brief_inline_attempt_finishes_on_a_blocking_thread_and_
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["result"], xorshift(rounds, seed), "{body}");
     assert_eq!(
-        metric(&worker, r#"worker_wasm_calls_moved_total{op="slow"}"#).await?,
+        metric(&worker, MOVED_AFTER_INLINE).await?,
         1.0,
         "the call was made again off the async threads"
     );
@@ -229,13 +232,18 @@ async fn a_call_past_the_brief_inline_attempt_finishes_on_a_blocking_thread_and_
         .await?[0];
     e2e::poll(
         Duration::from_secs(20),
-        "the endless call to move",
+        "the endless call to start",
         || async {
-            let moved = metric(&worker, r#"worker_wasm_calls_moved_total{op="slow"}"#).await;
-            (moved.ok()? == 2.0).then_some(())
+            let moved = metric(&worker, MOVED_AT_ONCE).await;
+            (moved.ok()? == 1.0).then_some(())
         },
     )
     .await?;
+    assert_eq!(
+        metric(&worker, MOVED_AFTER_INLINE).await?,
+        1.0,
+        "no inline attempt for an op whose calls outlast it"
+    );
     let response = system
         .client
         .delete(system.url(&format!("/tasks/{id}")))
@@ -257,6 +265,9 @@ async fn a_call_past_the_brief_inline_attempt_finishes_on_a_blocking_thread_and_
     assert_eq!((status, &body["result"]), (200, &json!(42)), "{body}");
     Ok(())
 }
+
+const MOVED_AFTER_INLINE: &str = r#"worker_wasm_calls_moved_total{op="slow",first="inline"}"#;
+const MOVED_AT_ONCE: &str = r#"worker_wasm_calls_moved_total{op="slow",first="blocking"}"#;
 
 /// The `slow` fixture's computation, natively.
 fn xorshift(rounds: i64, seed: i64) -> i64 {

@@ -199,18 +199,33 @@ impl Executor {
         let call_started = Instant::now();
         // Most calls take microseconds: making them right here costs far less
         // than handing them to a blocking thread and back (BENCHMARKS.md, P3),
-        // and holds this async thread for at most one epoch tick.
-        let output = match sandbox.try_call_briefly(&entry.module, &args, &cancel) {
+        // and holds this async thread for at most one epoch tick. An op whose
+        // calls lately outlast that tick goes straight to a blocking thread:
+        // the attempt would only waste it.
+        let straight = entry.pace.outlasts_a_tick();
+        let brief = if straight {
+            None
+        } else {
+            sandbox.try_call_briefly(&entry.module, &args, &cancel)
+        };
+        let output = match brief {
             Some(output) => output,
             None => {
-                // A long call: made again from the start where it may run
-                // for the rest of its deadline without holding up health
-                // checks, the channel and the other slots.
-                telemetry::call_moved(op);
+                // A long call, where it may run for its deadline (the rest
+                // of it after an attempt here) without holding up health
+                // checks, the channel and the other slots. Made again from
+                // the start after an attempt: ops are pure, and every call
+                // gets a fresh store.
+                let retried = !straight;
+                telemetry::call_moved(op, retried);
                 let sandbox = sandbox.clone();
                 let module = entry.clone();
                 tokio::task::spawn_blocking(move || {
-                    sandbox.call_after_brief(&module.module, &args, &cancel)
+                    if retried {
+                        sandbox.call_after_brief(&module.module, &args, &cancel)
+                    } else {
+                        sandbox.call_cancellable(&module.module, &args, &cancel)
+                    }
                 })
                 .await
                 .unwrap_or_else(|join| {
@@ -254,6 +269,7 @@ pub struct Pace(std::sync::atomic::AtomicU32);
 
 impl Pace {
     const BRIEF_US: u32 = 100;
+    const TICK_US: u32 = 5_000;
 
     pub fn record(&self, took: std::time::Duration) {
         use std::sync::atomic::Ordering::Relaxed;
@@ -265,6 +281,12 @@ impl Pace {
 
     pub fn is_brief(&self) -> bool {
         self.0.load(std::sync::atomic::Ordering::Relaxed) < Self::BRIEF_US
+    }
+
+    /// Whether calls lately took longer than the inline attempt allows (one
+    /// epoch tick, 5 ms).
+    pub fn outlasts_a_tick(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed) >= Self::TICK_US
     }
 }
 
@@ -312,11 +334,15 @@ mod tests {
             })
             .expect("brief again");
         assert!(calls_back <= 25, "{calls_back} calls to come back");
+        assert!(!pace.outlasts_a_tick());
         // Calls that take milliseconds each keep it long.
         for _ in 0..50 {
             pace.record(Duration::from_millis(3));
         }
-        assert!(!pace.is_brief());
+        assert!(!pace.is_brief() && !pace.outlasts_a_tick());
+        // One that ran into its deadline outlasts the inline attempt.
+        pace.record(Duration::from_millis(300));
+        assert!(pace.outlasts_a_tick());
         // Even the longest call does not overflow the average.
         for _ in 0..50 {
             pace.record(Duration::from_secs(3600 * 24 * 365));

@@ -53,10 +53,13 @@ impl OpMetrics {
     }
 }
 
-/// A call that outran the brief inline attempt and was made again on a
-/// blocking thread (`Sandbox::try_call_briefly`).
-pub fn call_moved(op: &str) {
-    counter!("worker_wasm_calls_moved_total", "op" => op.to_string()).increment(1);
+/// A call made on a blocking thread rather than inline: `retried` after it
+/// outran the inline attempt (`Sandbox::try_call_briefly`), else at once,
+/// its op's calls lately outlasting that attempt.
+pub fn call_moved(op: &str, retried: bool) {
+    let first = if retried { "inline" } else { "blocking" };
+    counter!("worker_wasm_calls_moved_total", "op" => op.to_string(), "first" => first)
+        .increment(1);
 }
 
 pub fn refused(reason: &'static str) {
