@@ -358,10 +358,7 @@ async fn write_frames(
                     return Ending::normal("closed by the planner".into());
                 };
                 // Everything already queued goes out in the same flush:
-                // tasks handed out together share one write. Yielding once
-                // first lets the dispatches woken by the same read (answers
-                // free slots, which the pump refills) queue theirs too.
-                tokio::task::yield_now().await;
+                // tasks handed out together share one write.
                 let mut batch = vec![frame];
                 while batch.len() < MAX_FRAMES_PER_WRITE {
                     match frames.try_recv() {
