@@ -197,8 +197,14 @@ fn the_schema_refuses_nonsense_at_install_naming_the_field() -> Result<()> {
         (&["--set", "planner.resultTtl=a day"], "/planner/resultTtl"),
         (&["--set", "planner.resultLimit=-1"], "/planner/resultLimit"),
         // The planner refuses a zero key lifetime at start: refuse it here.
-        (&["--set", "planner.idempotencyTtl=0s"], "/planner/idempotencyTtl"),
-        (&["--set", "planner.idempotencyTtl=0h 00m"], "/planner/idempotencyTtl"),
+        (
+            &["--set", "planner.idempotencyTtl=0s"],
+            "/planner/idempotencyTtl",
+        ),
+        (
+            &["--set", "planner.idempotencyTtl=0h 00m"],
+            "/planner/idempotencyTtl",
+        ),
         (
             &["--set", "image.pullPolicy=Sometimes"],
             "/image/pullPolicy",
