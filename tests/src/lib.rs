@@ -392,15 +392,38 @@ pub async fn wait_for_channel(worker_url: &str, open: bool) -> Result<()> {
 /// on its way; this is when the worker itself has it.
 pub async fn wait_until_busy(worker_url: &str, deadline: Duration) -> Result<()> {
     poll(deadline, "the worker to be running a task", || async {
-        let text = reqwest::get(format!("{worker_url}/"))
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        (!text.starts_with("ready to work")).then_some(())
+        (!worker_is_idle(worker_url).await?).then_some(())
     })
     .await
+}
+
+/// Waits until the worker at `url` runs nothing (its `GET /` says it is
+/// ready to work again).
+pub async fn wait_until_idle(worker_url: &str, deadline: Duration) -> Result<()> {
+    poll(deadline, "the worker to finish its calls", || async {
+        worker_is_idle(worker_url).await?.then_some(())
+    })
+    .await
+}
+
+/// Whether the worker's `GET /` says it is ready to work (`None`: no answer).
+async fn worker_is_idle(worker_url: &str) -> Option<bool> {
+    let text = reqwest::get(format!("{worker_url}/"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    Some(text.starts_with("ready to work"))
+}
+
+/// The value of one series (its name with labels, exactly as Prometheus
+/// text writes it) in a `/metrics` page; 0 when absent.
+pub fn series_value(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// Expected result of the built-in ops, computed natively.

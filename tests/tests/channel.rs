@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use e2e::{System, expected, poll, wait_for_channel, wait_until_busy};
+use e2e::{
+    System, expected, poll, series_value, wait_for_channel, wait_until_busy, wait_until_idle,
+};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
@@ -85,11 +87,7 @@ async fn dispatches(system: &System, transport: &str) -> Result<f64> {
         .text()
         .await?;
     let wanted = format!("planner_dispatches_total{{transport=\"{transport}\"}}");
-    Ok(text
-        .lines()
-        .find_map(|line| line.strip_prefix(&wanted))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or(0.0))
+    Ok(series_value(&text, &wanted))
 }
 
 fn log_of(path: &std::path::Path) -> String {
@@ -224,20 +222,7 @@ async fn a_task_unanswered_past_the_dispatch_timeout_is_lost_and_its_late_answer
     );
     // The worker finishes its call anyway and answers; the planner must
     // ignore that answer (the task's dispatch is no longer current).
-    poll(
-        Duration::from_secs(10),
-        "the worker to finish its late call",
-        || async {
-            let text = reqwest::get(format!("{worker_url}/"))
-                .await
-                .ok()?
-                .text()
-                .await
-                .ok()?;
-            text.starts_with("ready to work").then_some(())
-        },
-    )
-    .await?;
+    wait_until_idle(&worker_url, Duration::from_secs(10)).await?;
     system.wait_for_workers(1).await?;
     let again = system.task(ids[0]).await?;
     assert_eq!(again.status, TaskStatus::Failed, "{again:?}");

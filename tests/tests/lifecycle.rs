@@ -31,20 +31,7 @@ async fn a_draining_worker_heartbeats_until_its_long_task_is_answered_and_it_run
         .submit_ids(&json!({"op": "mul", "args": [6, 7]}))
         .await?;
     let url = system.worker("long").url();
-    poll(
-        Duration::from_secs(5),
-        "the worker to run the task",
-        || async {
-            let text = reqwest::get(format!("{url}/"))
-                .await
-                .ok()?
-                .text()
-                .await
-                .ok()?;
-            (!text.starts_with("ready to work")).then_some(())
-        },
-    )
-    .await?;
+    e2e::wait_until_busy(&url, Duration::from_secs(5)).await?;
     // A second mul worker: if the planner gave the draining one up, the task
     // would be re-queued and run again here (attempts 2).
     system.add_worker("spare", &[("OPS", "mul")]).await?;

@@ -287,10 +287,7 @@ async fn metric(worker: &str, series: &str) -> anyhow::Result<f64> {
         .error_for_status()?
         .text()
         .await?;
-    Ok(text
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0))
+    Ok(e2e::series_value(&text, series))
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

@@ -143,17 +143,18 @@ impl Planner {
             let gap = trigger.elapsed();
             self.gaps.record(gap);
             telemetry::dispatch_gap(gap);
-            let planner = self.clone();
             match self.dispatcher.send_on_channel(assignment) {
                 Sent::Sent => {}
                 // Settled from a task of its own: settling pumps again, and
                 // this pump is not done handing out.
                 Sent::Closed(assignment, reason) => {
+                    let planner = self.clone();
                     tokio::spawn(async move {
                         planner.settle(&assignment, crate::board::Answer::Lost(reason));
                     });
                 }
                 Sent::NoChannel(assignment) => {
+                    let planner = self.clone();
                     tokio::spawn(async move {
                         let answer = planner.dispatcher.send(&assignment).await;
                         planner.settle(&assignment, answer);

@@ -138,11 +138,7 @@ impl Planner {
                 .ok_or_else(|| SubmitError::Invalid("the idempotency key vanished".into()))?;
             return self.replay(replay, key, wait, as_batch).await;
         }
-        let queued: Vec<TaskView> = if self.events.active() {
-            tasks.iter().map(|t| t.view(None)).collect()
-        } else {
-            Vec::new()
-        };
+        let queued = self.queued_views(&tasks);
         for task in &tasks {
             telemetry::submitted(&task.op);
         }
@@ -188,11 +184,7 @@ impl Planner {
             }
         };
         // Published before any dispatch can publish them running.
-        let queued: Vec<TaskView> = if self.events.active() {
-            tasks.iter().map(|t| t.view(None)).collect()
-        } else {
-            Vec::new()
-        };
+        let queued = self.queued_views(&tasks);
         for view in &queued {
             self.events.publish(Event::Task(view.clone()));
         }
@@ -220,6 +212,15 @@ impl Planner {
             replayed: false,
             batch,
         })
+    }
+
+    /// New tasks as the event stream shows them (none without a listener).
+    fn queued_views(&self, tasks: &[Task]) -> Vec<TaskView> {
+        if self.events.active() {
+            tasks.iter().map(|t| t.view(None)).collect()
+        } else {
+            Vec::new()
+        }
     }
 
     fn forget_waiters(&self, ids: &[TaskId]) {

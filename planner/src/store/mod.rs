@@ -179,10 +179,24 @@ enum SqliteWrite {
 pub struct Commit(oneshot::Receiver<Result<Insertion, CommitError>>);
 
 impl Commit {
+    fn send(
+        writer: &Inbox<SqliteWrite>,
+        tasks: Vec<Task>,
+        key: Option<Idempotency>,
+    ) -> Result<Self, StoreError> {
+        let (ack, done) = oneshot::channel();
+        send(writer, SqliteWrite::Insert(tasks, key, ack))?;
+        Ok(Self(done))
+    }
+
     /// Resolves once the tasks are on disk, or the commit failed.
     pub async fn done(self) -> Result<(), StoreError> {
+        self.insertion().await.map(|_| ())
+    }
+
+    async fn insertion(self) -> Result<Insertion, StoreError> {
         match self.0.await {
-            Ok(result) => result.map(|_| ()).map_err(StoreError::from),
+            Ok(result) => Ok(result?),
             Err(_) => Err(StoreError::Stopped),
         }
     }
@@ -328,14 +342,7 @@ impl Store {
         let Some(writer) = &self.writer else {
             return Ok(self.insert_key_in_memory(&tasks, key));
         };
-        let (ack, done) = oneshot::channel();
-        writer
-            .send(SqliteWrite::Insert(tasks, key, ack), true)
-            .map_err(|_| StoreError::Stopped)?;
-        match done.await {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(StoreError::Stopped),
-        }
+        Commit::send(writer, tasks, key)?.insertion().await
     }
 
     /// Sends new tasks (with no idempotency key) to be committed and returns
@@ -345,13 +352,7 @@ impl Store {
     /// the database by any replica, so they must be in it first.
     pub fn begin_insert(&self, tasks: Vec<Task>) -> Option<Result<Commit, StoreError>> {
         let writer = self.writer.as_ref()?;
-        let (ack, done) = oneshot::channel();
-        Some(
-            writer
-                .send(SqliteWrite::Insert(tasks, None, ack), true)
-                .map(|()| Commit(done))
-                .map_err(|_| StoreError::Stopped),
-        )
+        Some(Commit::send(writer, tasks, None))
     }
 
     fn insert_key_in_memory(&self, tasks: &[Task], key: Option<Idempotency>) -> Insertion {
@@ -428,9 +429,7 @@ impl Store {
             return Ok(0);
         };
         let (ack, done) = oneshot::channel();
-        writer
-            .send(SqliteWrite::Expire(expiry, ack), true)
-            .map_err(|_| StoreError::Stopped)?;
+        send(writer, SqliteWrite::Expire(expiry, ack))?;
         match done.await {
             Ok(result) => Ok(result?),
             Err(_) => Err(StoreError::Stopped),
@@ -456,7 +455,7 @@ impl Store {
         if let Some(pg) = &self.postgres {
             pg.finished(task);
         } else if let Some(writer) = &self.writer {
-            let _ = writer.send(SqliteWrite::Finished(task), false);
+            let _ = send(writer, SqliteWrite::Finished(task));
         }
     }
 
@@ -465,7 +464,7 @@ impl Store {
         if let Some(pg) = &self.postgres {
             pg.progress(progress);
         } else if let Some(writer) = &self.writer {
-            let _ = writer.send(SqliteWrite::Progress(progress), false);
+            let _ = send(writer, SqliteWrite::Progress(progress));
         }
     }
 
@@ -487,7 +486,7 @@ impl Store {
             pg.flush().await;
         } else if let Some(writer) = &self.writer {
             let (tx, rx) = oneshot::channel();
-            if writer.send(SqliteWrite::Flush(tx), true).is_ok() {
+            if send(writer, SqliteWrite::Flush(tx)).is_ok() {
                 let _ = rx.await;
             }
         }
@@ -553,6 +552,12 @@ const RESULT_LINGER: std::time::Duration = std::time::Duration::from_millis(5);
 /// Whether someone waits on this write's commit.
 fn awaited(write: &SqliteWrite) -> bool {
     !matches!(write, SqliteWrite::Finished(_) | SqliteWrite::Progress(_))
+}
+
+/// Hands a write to the writer, waking it if someone waits on the commit.
+fn send(writer: &Inbox<SqliteWrite>, write: SqliteWrite) -> Result<(), StoreError> {
+    let awaited = awaited(&write);
+    writer.send(write, awaited).map_err(|_| StoreError::Stopped)
 }
 
 fn write_loop(
